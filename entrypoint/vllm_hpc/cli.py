@@ -1,0 +1,271 @@
+"""The `vllm-hpc` command. Parses arguments and maps errors to exit codes; the work
+is elsewhere. Imports stay light here: no vLLM or Ray on the `plan` and `--help` paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import EXIT_INTERNAL, EXIT_USAGE, NetworkError, Signalled, VllmHpcError
+from .plan import Plan, ServeOptions, build_plan, render_plan
+
+SERVE_EPILOG = """\b
+Under Slurm run one task per node (srun --ntasks-per-node=1): node rank 0 becomes
+the leader (Ray head + server), the others join it as Ray workers. Outside Slurm
+it serves on this machine alone. Anything after `--` goes to vLLM unchanged.
+
+\b
+Examples:
+  vllm-hpc serve --model /models/Llama-3.1-8B-Instruct
+  srun --ntasks-per-node=1 vllm-hpc serve --model /models/X -- --max-model-len 8192
+  vllm-hpc plan --model /models/X --json
+"""
+
+
+def _serve_options(func: Callable) -> Callable:
+    options = [
+        click.option("--model", required=True, help="Model directory (with config.json), readable on every node."),
+        click.option("--served-model-name", help="Name clients use in requests [default: the model directory's name]."),
+        click.option("--host", help="Address the server listens on [default: this node's fabric address]; 0.0.0.0 for all."),
+        click.option("--port", type=click.IntRange(1, 65535), help="Server port [default: 8000 alone, a per-job port under Slurm]."),
+        click.option("--interface", envvar="VLLM_HPC_INTERFACE", help="Network interface for vLLM, Ray, NCCL and Gloo [default: ib*, hsn*, then the default route]."),
+        click.option("--tensor-parallel-size", "-tp", type=click.IntRange(1), help="[default: GPUs per node]"),
+        click.option("--pipeline-parallel-size", "-pp", type=click.IntRange(1), help="[default: number of nodes]"),
+        click.option("--api-key-file", type=click.Path(dir_okay=False), help="Read the API key from this file (mode 0600) [default: generate one per job]."),
+        click.option("--no-api-key", is_flag=True, help="Serve without an API key (anyone who reaches the port can use it)."),
+        click.option("--dtype", help="Passed to vLLM."),
+        click.option("--max-model-len", type=click.IntRange(1), help="Passed to vLLM."),
+        click.option("--max-num-batched-tokens", type=click.IntRange(1), help="Passed to vLLM."),
+        click.option("--max-num-seqs", type=click.IntRange(1), help="Passed to vLLM."),
+        click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), help="Passed to vLLM."),
+        click.option("--join-timeout", type=click.FloatRange(1), help="Seconds for all nodes to join [default: 600, capped by the walltime]."),
+        click.option("--ready-timeout", type=click.FloatRange(1), help="Seconds for the model to load and answer [default: 1800, capped by the walltime]."),
+        click.option("--liveness-interval", type=click.FloatRange(0), help="Seconds between liveness completions; 0 turns it off [default: 60]."),
+        click.option("--stop-timeout", type=click.FloatRange(1), default=30.0, show_default=True, help="Seconds each part gets to stop before it is killed."),
+        click.option("--compile-cache", type=click.Path(file_okay=False), help="Persistent vLLM cache dir (torch.compile, Triton) shared between jobs."),
+        click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _options_from(kwargs: dict[str, Any]) -> ServeOptions:
+    extra = tuple(kwargs.pop("vllm_args"))
+    if kwargs.get("api_key_file") and kwargs.get("no_api_key"):
+        raise click.UsageError("--api-key-file and --no-api-key exclude each other")
+    return ServeOptions(extra_args=extra, **kwargs)
+
+
+def _make_plan(options: ServeOptions, env: dict[str, str] | None = None) -> tuple[Plan, Any, Any]:
+    """Read this node (environment, interfaces, model path) and plan. Returns plan, settings, slurm."""
+    from .network import choose_interface, read_default_route, read_interfaces
+    from .settings import read_settings
+    from .slurm import local_hostname, read_slurm_env
+
+    environ = dict(os.environ if env is None else env)
+    settings = read_settings(environ)
+    detected = _detect_gpus() if not (environ.get("SLURM_GPUS_ON_NODE") or "CUDA_VISIBLE_DEVICES" in environ) else None
+    slurm = read_slurm_env(environ, local_hostname(), detected)
+    network = choose_interface(read_interfaces(), options.interface or settings.interface, read_default_route())
+    model = Path(options.model).expanduser()
+    exists = model.is_dir()
+    plan = build_plan(options, settings, slurm, network, exists, (model / "config.json").is_file(), time.time())
+    return plan, settings, slurm
+
+
+def _detect_gpus() -> int | None:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def _check_ports(plan: Plan, options: ServeOptions) -> tuple[Plan, ServeOptions, str | None]:
+    """Refuse ports in use; a server port we chose ourselves moves to a free one instead."""
+    from .network import port_is_free
+
+    bind_ip = plan.node_ip
+    owned = {name: port for name, port in plan.ports.items() if name not in ("server", "ray_min_worker", "ray_max_worker")}
+    if plan.role == "worker":
+        owned.pop("ray_gcs", None)
+        owned.pop("ray_client_server", None)
+    for name, port in owned.items():
+        if not port_is_free(bind_ip, port):
+            raise NetworkError(
+                f"port {port} ({name}) on {bind_ip} is already in use on {plan.hostname}",
+                "set VLLM_HPC_PORT_BASE to the start of a free block of 100 ports",
+            )
+    if plan.role == "worker":
+        return plan, options, None
+    host = plan.host if plan.host not in ("0.0.0.0", "::") else "0.0.0.0"
+    if port_is_free(host, plan.port):
+        return plan, options, None
+    if plan.port_explicit:
+        raise NetworkError(f"port {plan.port} on {host} is already in use on {plan.hostname}", "choose another with --port")
+    for candidate in range(plan.port + 1, plan.port + 200):
+        if port_is_free(host, candidate) and candidate not in plan.ports.values():
+            options = dataclasses.replace(options, port=candidate)
+            return plan, options, f"port {plan.port} is in use; serving on {candidate} instead"
+    raise NetworkError(f"no free port near {plan.port} on {host}", "choose one with --port")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vllm-hpc")
+def cli() -> None:
+    """Serve a model with vLLM on Slurm: one GPU, one node, or several nodes over Ray.
+
+    \b
+    Everyday commands:
+      serve   run the server (on every node of the job)
+      plan    print what serve would do on this node, start nothing
+      status  is the job pending, starting, ready or failed; where is it
+      wait    block until the job is ready (or failed)
+      chat    send one chat message to the job's server
+      doctor  check this node: GPUs, fabric, InfiniBand, ports, model, Apptainer
+    """
+
+
+@cli.command(epilog=SERVE_EPILOG)
+@_serve_options
+def serve(**kwargs: Any) -> None:
+    """Serve a model with vLLM on this node's part of the job."""
+    from .serve import NodeRun
+    from .supervisor import stderr_reporter
+
+    options = _options_from(kwargs)
+    plan, settings, slurm = _make_plan(options)
+    plan, options, moved = _check_ports(plan, options)
+    if moved:
+        plan, settings, slurm = _make_plan(options)
+    from .jobfiles import make_private_dir
+
+    make_private_dir(plan.paths.log_dir)
+    reporter = stderr_reporter(f"{plan.hostname}/{plan.role}", f"{plan.paths.log_dir}/vllm-hpc.log")
+    if moved:
+        reporter.say(f"warning: {moved}")
+    for warning in plan.warnings:
+        reporter.say(f"warning: {warning}")
+    reporter.say(
+        f"job {plan.job_id}: {plan.role} on {plan.hostname} ({plan.interface} {plan.node_ip}), "
+        f"{len(plan.nodes)} node(s) x {plan.gpus_per_node} GPU(s), TP {plan.tensor_parallel_size} x PP {plan.pipeline_parallel_size}"
+    )
+    code = NodeRun(plan, settings, options, slurm, reporter).run()
+    sys.exit(code)
+
+
+@cli.command(epilog=SERVE_EPILOG)
+@_serve_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def plan(as_json: bool, **kwargs: Any) -> None:
+    """Print what `serve` would run on this node, without starting anything."""
+    options = _options_from(kwargs)
+    node_plan, _, _ = _make_plan(options)
+    if as_json:
+        click.echo(json.dumps(node_plan.to_dict(), indent=2))
+    else:
+        click.echo(render_plan(node_plan))
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(job_id: str | None, as_json: bool) -> None:
+    """Show whether a job is pending, starting, ready, failed or ended, and its endpoint."""
+    from .client import job_status, render_status
+
+    info = job_status(job_id)
+    click.echo(json.dumps(info, indent=2) if as_json else render_status(info))
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+@click.option("--timeout", type=click.FloatRange(1), default=1800.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+def wait(job_id: str | None, timeout: float, as_json: bool) -> None:
+    """Block until the job's server is ready; fail if the job fails or ends first."""
+    from .client import render_status, wait_until_ready
+
+    info = wait_until_ready(job_id, timeout)
+    click.echo(json.dumps(info, indent=2) if as_json else render_status(info))
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True)
+@click.option("--system", default="You are a helpful assistant.", show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole OpenAI response.")
+def chat(args: tuple[str, ...], system: str, max_tokens: int, temperature: float, as_json: bool) -> None:
+    """Send one message: `vllm-hpc chat [JOBID] "message"`."""
+    from .client import chat_once
+
+    if len(args) > 2:
+        raise click.UsageError("give at most a job id and one quoted message")
+    job_id, message = (args[0], args[1]) if len(args) == 2 else (None, args[0])
+    reply = chat_once(job_id, message, system, max_tokens, temperature)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+    else:
+        click.echo(reply["choices"][0]["message"]["content"])
+
+
+@cli.command()
+@click.option("--model", help="Also check that this model directory is readable here.")
+@click.option("--interface", envvar="VLLM_HPC_INTERFACE", help="Check this interface instead of the automatic choice.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(model: str | None, interface: str | None, as_json: bool) -> None:
+    """Check this node before serving: run it under srun on every node of a job."""
+    from .doctor import render_checks, run_checks
+
+    checks = run_checks(dict(os.environ), model, interface)
+    click.echo(json.dumps(checks, indent=2) if as_json else render_checks(checks))
+    failed = [c for c in checks if c["status"] == "fail"]
+    if failed:
+        from .errors import EXIT_DOCTOR
+
+        sys.exit(EXIT_DOCTOR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line per error, exit codes from errors.py."""
+    try:
+        cli.main(args=argv, prog_name="vllm-hpc", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as err:
+        hint = ""
+        if isinstance(err, click.UsageError) and err.ctx is not None:
+            hint = f"; see '{err.ctx.command_path} --help'"
+        print(f"vllm-hpc: error: {err.format_message()}{hint}", file=sys.stderr)
+        sys.exit(err.exit_code if err.exit_code else EXIT_USAGE)
+    except Signalled as stop:
+        print(f"vllm-hpc: {stop.problem}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except VllmHpcError as err:
+        print(f"vllm-hpc: error: {err.one_line()}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as err:  # noqa: BLE001 - last resort: still one line, still nothing left running
+        print(f"vllm-hpc: internal error: {type(err).__name__}: {err} (please report it)", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(0)

@@ -1,0 +1,142 @@
+"""The everyday loop from a login node: status, wait and chat, read from the job directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import jobfiles
+from .errors import JobFailedError, NoJobError, NotReadyError
+from .settings import read_settings
+
+# Slurm job states in which the job can still become ready.
+LIVE_SLURM_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+
+def _jobs_dir() -> Path:
+    return read_settings(dict(os.environ)).home / "jobs"
+
+
+def resolve_job(job_id: str | None) -> str:
+    if job_id:
+        return job_id
+    if os.environ.get("SLURM_JOB_ID"):
+        return os.environ["SLURM_JOB_ID"]
+    jobs = _jobs_dir()
+    try:
+        newest = max((p for p in jobs.iterdir() if (p / "state.json").exists()), key=lambda p: (p / "state.json").stat().st_mtime)
+    except (ValueError, OSError):
+        raise NoJobError(f"no vllm-hpc job found under {jobs}", "give the job id, or submit one with sbatch") from None
+    return newest.name
+
+
+def slurm_state(job_id: str) -> str | None:
+    """The job's state from squeue, or None where Slurm does not know it (ended) or is absent."""
+    if not job_id.replace("_", "").isdigit() or not shutil.which("squeue"):
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.split()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def job_status(job_id: str | None) -> dict[str, Any]:
+    job = resolve_job(job_id)
+    job_dir = _jobs_dir() / job
+    state = jobfiles.read_json(job_dir / "state.json") or {}
+    endpoint = jobfiles.read_json(job_dir / "endpoint.json")
+    queue = slurm_state(job)
+    phase = state.get("phase")
+    if phase in (None, "starting", "ready") and queue is None and shutil.which("squeue") and job.isdigit():
+        # Slurm no longer knows the job: it ended without writing a final state.
+        phase = "ended" if phase else None
+    if phase is None:
+        if queue in ("PENDING", "CONFIGURING", "REQUEUED"):
+            phase = "pending"
+        elif queue is not None:
+            phase = "starting"
+        else:
+            raise NoJobError(f"job {job} is unknown to Slurm and has no state in {job_dir}", "check the job id with squeue")
+    return {
+        "job_id": job,
+        "phase": phase,
+        "slurm_state": queue,
+        "reason": state.get("reason"),
+        "endpoint": endpoint if phase == "ready" else None,
+        "job_dir": str(job_dir),
+        "updated": state.get("updated"),
+    }
+
+
+def render_status(info: dict[str, Any]) -> str:
+    lines = [f"job {info['job_id']}: {info['phase']}" + (f" (Slurm: {info['slurm_state']})" if info.get("slurm_state") else "")]
+    if info.get("reason"):
+        lines.append(f"  reason   {info['reason']}")
+    endpoint = info.get("endpoint")
+    if endpoint:
+        from .serve import curl_line
+
+        lines.append(f"  url      {endpoint['url']}")
+        lines.append(f"  model    {endpoint['model']}")
+        if endpoint.get("api_key_file"):
+            lines.append(f"  api key  in {endpoint['api_key_file']}")
+        lines.append(f"  try      {curl_line(endpoint)}")
+    lines.append(f"  job dir  {info['job_dir']}")
+    return "\n".join(lines)
+
+
+def wait_until_ready(job_id: str | None, timeout: float, interval: float = 1.0) -> dict[str, Any]:
+    job = resolve_job(job_id)
+    start = time.monotonic()
+    last_report = start
+    info: dict[str, Any] = {}
+    while True:
+        try:
+            info = job_status(job)
+        except NoJobError:
+            info = {"job_id": job, "phase": "unknown"}
+        phase = info["phase"]
+        elapsed = time.monotonic() - start
+        if phase == "ready":
+            return info
+        if phase in ("failed", "ended", "stopped"):
+            raise JobFailedError(f"job {job} {phase} before it was ready: {info.get('reason') or 'no reason recorded'}", f"see the logs in {info.get('job_dir')}")
+        if elapsed >= timeout:
+            raise NotReadyError(f"job {job} not ready after {timeout:.0f}s (phase: {phase})", "wait longer with --timeout or check vllm-hpc status")
+        if time.monotonic() - last_report >= 10:
+            print(f"[vllm-hpc] waiting for job {job}: {phase} ({elapsed:.0f}s of {timeout:.0f}s)", file=sys.stderr, flush=True)
+            last_report = time.monotonic()
+        time.sleep(interval)
+
+
+def chat_once(job_id: str | None, message: str, system: str, max_tokens: int, temperature: float) -> dict[str, Any]:
+    import requests
+
+    info = job_status(job_id)
+    endpoint = info.get("endpoint")
+    if not endpoint:
+        raise NoJobError(f"job {info['job_id']} is {info['phase']}, not ready", "wait with: vllm-hpc wait " + info["job_id"])
+    headers = {}
+    if endpoint.get("api_key_file"):
+        key = jobfiles.read_secret_file(endpoint["api_key_file"], "API key")
+        headers["Authorization"] = f"Bearer {key}"
+    body = {
+        "model": endpoint["model"],
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": message}],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
+    try:
+        reply = requests.post(f"{endpoint['url']}/chat/completions", json=body, headers=headers, timeout=300)
+    except requests.RequestException as err:
+        raise NotReadyError(f"cannot reach {endpoint['url']}: {type(err).__name__}", "check vllm-hpc status; from a login node use an SSH tunnel (see README)") from None
+    if reply.status_code != 200:
+        raise NotReadyError(f"{endpoint['url']} answered {reply.status_code}: {reply.text[:200]}", "check the server log in the job directory")
+    return reply.json()

@@ -1,0 +1,108 @@
+"""The leader's view of the Ray cluster: wait until every node of the job joined with
+its GPUs, then keep watching that none leaves. Ray is imported only here, and only
+on the leader of a multi-node job."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .errors import ChildDiedError, ClusterError
+from .supervisor import Supervisor, wait_for
+
+
+@dataclass(frozen=True)
+class RayNode:
+    name: str
+    ip: str
+    alive: bool
+    gpus: float
+
+
+def connect(address: str) -> None:
+    import logging
+
+    import ray
+
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def disconnect() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - best effort at shutdown
+        pass
+
+
+def read_nodes() -> list[RayNode]:
+    import ray
+
+    return [
+        RayNode(
+            name=str(n.get("NodeName") or n.get("NodeManagerHostname") or n.get("NodeManagerAddress")),
+            ip=str(n.get("NodeManagerAddress")),
+            alive=bool(n.get("Alive")),
+            gpus=float((n.get("Resources") or {}).get("GPU", 0)),
+        )
+        for n in ray.nodes()
+    ]
+
+
+def membership(nodes: list[RayNode], expected: tuple[str, ...], gpus_per_node: int) -> tuple[bool, str]:
+    """Pure: are all expected nodes alive in the cluster with their GPUs? And what is seen."""
+    alive = {n.name: n for n in nodes if n.alive}
+    missing = [name for name in expected if name not in alive]
+    short = [f"{n.name} has {n.gpus:g} GPUs" for n in alive.values() if n.name in expected and n.gpus < gpus_per_node]
+    gpus = sum(n.gpus for n in alive.values() if n.name in expected)
+    seen = f"{len(expected) - len(missing)}/{len(expected)} nodes, {gpus:g} GPUs"
+    if missing:
+        seen += f"; missing: {', '.join(missing)}"
+    if short:
+        seen += f"; {'; '.join(short)}"
+    return (not missing and not short), seen
+
+
+def wait_for_nodes(supervisor: Supervisor, expected: tuple[str, ...], gpus_per_node: int, deadline_s: float) -> float:
+    return wait_for(
+        supervisor,
+        f"all {len(expected)} nodes to join the Ray cluster",
+        lambda: membership(read_nodes(), expected, gpus_per_node),
+        deadline_s,
+        ClusterError,
+        "check the missing nodes' logs in the job directory (their Ray worker could not reach the leader)",
+        interval=0.25,
+    )
+
+
+class NodeWatcher(threading.Thread):
+    """Fails the job as soon as a node of the job is no longer alive in Ray."""
+
+    def __init__(self, supervisor: Supervisor, expected: tuple[str, ...], interval: float = 1.0) -> None:
+        super().__init__(name="ray-nodes", daemon=True)
+        self.supervisor, self.expected, self.interval = supervisor, expected, interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                nodes = read_nodes()
+            except Exception as err:  # noqa: BLE001 - any failure to read the GCS is fatal here
+                if self.stopping.is_set():
+                    return
+                self.supervisor.fail(ChildDiedError(f"lost the Ray cluster's control service: {type(err).__name__}: {err}"))
+                return
+            alive = {n.name for n in nodes if n.alive}
+            gone = [name for name in self.expected if name not in alive]
+            if gone:
+                ips = {n.name: n.ip for n in nodes}
+                named = ", ".join(f"{g} ({ips.get(g, '?')})" for g in gone)
+                self.supervisor.fail(
+                    ChildDiedError(
+                        f"node {named} left the Ray cluster: its Ray worker or the whole node died",
+                        "see that node's logs in the job directory",
+                    )
+                )
+                return

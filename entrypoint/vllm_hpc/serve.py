@@ -1,0 +1,270 @@
+"""Carrying out a plan on this node: the single server, the leader or a worker."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+from . import jobfiles
+from .errors import ChildDiedError, ClusterError, JobFailedError, Signalled, VllmHpcError
+from .plan import Plan, ServeOptions
+from .readiness import LivenessWatcher, probe_url, wait_for_ready
+from .settings import ENV_API_KEY, Settings
+from .slurm import SlurmEnv
+from .supervisor import Reporter, Supervisor, resolve_env, wait_for
+
+# A worker's Ray that ran this long had joined; its end then means the leader went away.
+WORKER_JOINED_AFTER_S = 20.0
+RAY_HEAD_UP_TIMEOUT_S = 120.0
+
+
+def _tcp_open(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+class NodeRun:
+    """One node's part of the job, from secrets to stop."""
+
+    def __init__(self, plan: Plan, settings: Settings, options: ServeOptions, slurm: SlurmEnv, reporter: Reporter) -> None:
+        self.plan, self.settings, self.options, self.slurm = plan, settings, options, slurm
+        self.reporter = reporter
+        self.supervisor = Supervisor(reporter)
+        self.watchers: list = []
+        self.api_key: str | None = None
+        self.ray_connected = False
+
+    # -- entry ---------------------------------------------------------------
+    def run(self) -> int:
+        plan = self.plan
+        jobfiles.make_private_dir(plan.paths.log_dir)
+        self.supervisor.install_signal_handlers()
+        try:
+            if plan.role == "worker":
+                self._run_worker()
+            else:
+                self._run_server()
+            return 0
+        except Signalled as stop:
+            self.reporter.say(f"{stop.problem}: stopping this node")
+            self._set_state("stopped", reason=stop.problem)
+            # The walltime warning (sbatch --signal=USR1@...) is a planned, clean end.
+            if stop.signum == signal.SIGUSR1:
+                return 0
+            raise
+        except VllmHpcError as err:
+            self._set_state("failed", reason=err.one_line(), node=plan.hostname)
+            raise
+        finally:
+            self._shutdown()
+
+    def _set_state(self, phase: str, **fields: object) -> None:
+        if self.plan.role == "worker":
+            return
+        try:
+            jobfiles.update_state(self.plan.paths.state, phase, **fields)
+        except (OSError, VllmHpcError):
+            pass
+
+    def _shutdown(self) -> None:
+        for watcher in self.watchers:
+            watcher.stopping.set()
+        if self.ray_connected:
+            from .raycluster import disconnect
+
+            disconnect()
+        self.supervisor.stop_all(self.plan.deadlines.stop)
+        if self.plan.ray_tmpdir:
+            shutil.rmtree(self.plan.ray_tmpdir, ignore_errors=True)
+        self.supervisor.restore_signal_handlers()
+        self.reporter.say("this node's processes are stopped")
+
+    def _env(self, command_name: str) -> dict[str, str]:
+        command = self.plan.command(command_name)
+        base = {k: v for k, v in self.settings.base_env.items() if k != ENV_API_KEY}
+        return resolve_env(base, self.plan.env, command.env, read_secret=lambda p: jobfiles.read_secret_file(p, "secret"))
+
+    # -- secrets -------------------------------------------------------------
+    def _prepare_api_key(self) -> None:
+        mode, paths = self.plan.api_key, self.plan.paths
+        if mode == "none":
+            return
+        if mode == "generated":
+            key = jobfiles.new_secret()
+        elif mode == "file":
+            path = self.options.api_key_file or self.settings.api_key_file or ""
+            key = jobfiles.read_secret_file(path, "API key")
+        else:
+            env = self.settings.base_env
+            key = env.get(ENV_API_KEY) or env.get("VLLM_API_KEY") or ""
+        jobfiles.write_private(paths.api_key, key + "\n")
+        self.api_key = key
+
+    # -- single node and leader -------------------------------------------------
+    def _run_server(self) -> None:
+        plan = self.plan
+        self._prepare_api_key()
+        self._set_state(
+            "starting", job_id=plan.job_id, nodes=list(plan.nodes), leader=plan.hostname, log_dir=str(Path(plan.paths.log_dir).parent)
+        )
+        if plan.role == "leader":
+            self._start_ray_head()
+        server = self.supervisor.start(plan.command("server"), self._env("server"))
+        base_url = probe_url(plan.host, plan.node_ip, plan.port)
+        self.reporter.say(f"loading {plan.model} as '{plan.served_model_name}' (tensor {plan.tensor_parallel_size} x pipeline {plan.pipeline_parallel_size})")
+        took = wait_for_ready(self.supervisor, base_url, plan.served_model_name, self.api_key, plan.deadlines.ready)
+        self._publish_endpoint(base_url, took)
+        if plan.deadlines.liveness_interval > 0:
+            watcher = LivenessWatcher(self.supervisor, base_url, plan.served_model_name, self.api_key, plan.deadlines.liveness_interval)
+            watcher.start()
+            self.watchers.append(watcher)
+        del server
+        while True:
+            self.supervisor.sleep(1.0)
+
+    def _start_ray_head(self) -> None:
+        plan = self.plan
+        token = jobfiles.new_secret()
+        jobfiles.write_private(plan.paths.ray_token, token + "\n")
+        Path(plan.paths.leader).unlink(missing_ok=True)
+        # This process talks to Ray as a client too: it needs the same token settings.
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED"):
+            os.environ[key] = str(plan.env[key])
+        os.environ["RAY_gcs_rpc_server_reconnect_timeout_s"] = "5"
+        self.supervisor.start(plan.command("ray-head"), self._env("ray-head"))
+        gcs = plan.ports["ray_gcs"]
+        wait_for(
+            self.supervisor,
+            f"Ray head on {plan.node_ip}:{gcs}",
+            lambda: (_tcp_open(plan.node_ip, gcs), "port not open yet"),
+            RAY_HEAD_UP_TIMEOUT_S,
+            ClusterError,
+            "see the ray-head log in the job directory",
+        )
+        jobfiles.write_json(
+            plan.paths.leader,
+            {"ip": plan.node_ip, "ray_gcs": gcs, "hostname": plan.hostname, "generation": self.slurm.generation, "job_id": plan.job_id},
+        )
+        from .raycluster import NodeWatcher, connect, wait_for_nodes
+
+        connect(f"{plan.node_ip}:{gcs}")
+        self.ray_connected = True
+        wait_for_nodes(self.supervisor, plan.nodes, plan.gpus_per_node, plan.deadlines.join)
+        watcher = NodeWatcher(self.supervisor, plan.nodes)
+        watcher.start()
+        self.watchers.append(watcher)
+
+    def _publish_endpoint(self, base_url: str, took: float) -> None:
+        plan = self.plan
+        listens_everywhere = plan.host in ("0.0.0.0", "::")
+        endpoint = {
+            "job_id": plan.job_id,
+            "model": plan.served_model_name,
+            "model_path": plan.model,
+            "url": f"{base_url}/v1",
+            "base_url": base_url,
+            "hostname_url": f"http://{plan.hostname}:{plan.port}/v1" if listens_everywhere else None,
+            "host": plan.host,
+            "port": plan.port,
+            "node": plan.hostname,
+            "node_ip": plan.node_ip,
+            "nodes": list(plan.nodes),
+            "tensor_parallel_size": plan.tensor_parallel_size,
+            "pipeline_parallel_size": plan.pipeline_parallel_size,
+            "api_key_file": plan.paths.api_key if plan.api_key != "none" else None,
+            "started": jobfiles.now_iso(),
+            "seconds_to_ready": round(took, 1),
+        }
+        jobfiles.write_json(plan.paths.endpoint, endpoint)
+        self._set_state("ready", endpoint=plan.paths.endpoint, url=endpoint["url"])
+        self.reporter.say(f"READY: {endpoint['url']} serves '{plan.served_model_name}' (endpoint file {plan.paths.endpoint})")
+        self.reporter.say("try: " + curl_line(endpoint))
+
+
+    # -- worker --------------------------------------------------------------
+    def _run_worker(self) -> None:
+        plan = self.plan
+        leader = self._wait_for_leader()
+        command = plan.command("ray-worker")
+        argv = tuple(a.replace("<leader fabric ip>", leader["ip"]) for a in command.argv)
+        live_command = type(command)(command.name, argv, command.env, command.log)
+        env = self._env("ray-worker")
+        jobfiles.read_secret_file(plan.paths.ray_token, "Ray token")
+        start = time.monotonic()
+        while True:
+            child = self.supervisor.start(live_command, env)
+            try:
+                while True:
+                    self.supervisor.sleep(1.0)
+                    state = self._leader_state()
+                    if state == "failed":
+                        raise JobFailedError("the leader reported a failure; this worker stops", "see the leader's log")
+                    if state == "stopped":
+                        raise Signalled(signal.SIGTERM, "the leader's stop")
+            except ChildDiedError:
+                ran = time.monotonic() - child.started
+                self.supervisor.children.remove(child)
+                within_join = time.monotonic() - start < plan.deadlines.join
+                if ran < WORKER_JOINED_AFTER_S and within_join and self._leader_state() == "starting":
+                    self.reporter.say(f"Ray worker could not join {leader['ip']}:{leader['ray_gcs']} yet; retrying")
+                    self.supervisor.sleep(2.0)
+                    continue
+                raise ChildDiedError(
+                    f"the Ray worker on {plan.hostname} ended: the leader's Ray head at {leader['ip']}:{leader['ray_gcs']} went away"
+                    f" or refused this node, see {child.log}",
+                    "see the leader's log in the job directory",
+                ) from None
+
+    def _leader_state(self) -> str | None:
+        try:
+            data = jobfiles.read_json(self.plan.paths.state) or {}
+        except VllmHpcError:
+            return None
+        return data.get("phase")
+
+    def _wait_for_leader(self) -> dict:
+        plan = self.plan
+        found: dict = {}
+
+        def probe() -> tuple[bool, str]:
+            try:
+                data = jobfiles.read_json(plan.paths.leader)
+            except VllmHpcError:
+                data = None
+            if not data:
+                return False, f"no {plan.paths.leader} yet"
+            if str(data.get("generation")) != self.slurm.generation:
+                return False, "only an address left by an earlier start"
+            found.update(data)
+            return True, f"leader {data.get('hostname')} at {data.get('ip')}:{data.get('ray_gcs')}"
+
+        wait_for(
+            self.supervisor,
+            f"leader {plan.leader} to publish its fabric address",
+            probe,
+            plan.deadlines.join,
+            ClusterError,
+            f"check the leader's log; the job directory {plan.paths.job_dir} must be on a file system all nodes share",
+            interval=0.5,
+        )
+        return found
+
+
+def curl_line(endpoint: dict) -> str:
+    body = (
+        '{"model": "%s", "messages": [{"role": "system", "content": "You are a helpful assistant."}, '
+        '{"role": "user", "content": "Hello!"}], "temperature": 0, "max_tokens": 32}' % endpoint["model"]
+    )
+    parts = ["curl", "-s", f"{endpoint['url']}/chat/completions", "-H", "Content-Type: application/json"]
+    line = shlex.join(parts)
+    if endpoint.get("api_key_file"):
+        line += f' -H "Authorization: Bearer $(cat {shlex.quote(endpoint["api_key_file"])})"'
+    return line + " -d " + shlex.quote(body)

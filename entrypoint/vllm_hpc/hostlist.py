@@ -52,10 +52,10 @@ def _expand_ranges(body: str) -> list[str]:
 def _expand_one(name: str) -> list[str]:
     # Each bracket group multiplies the names so far: rack[1-2]-gpu[1-2] gives four.
     names = [""]
-    for literal, body in re.findall(r"([^\[\]]*)(?:\[([^\[\]]*)\])?", name):
-        if not literal and not body:
+    for literal, bracket, body in re.findall(r"([^\[\]]*)(\[([^\[\]]*)\])?", name):
+        if not literal and not bracket:
             continue
-        values = _expand_ranges(body) if body else [""]
+        values = _expand_ranges(body) if bracket else [""]
         names = [f"{prefix}{literal}{value}" for prefix in names for value in values]
     return names
 

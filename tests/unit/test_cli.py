@@ -53,24 +53,3 @@ def test_plan_json_for_a_worker(tmp_path, model):
     assert data["tensor_parallel_size"] == 2 and data["pipeline_parallel_size"] == 2
 
 
-@pytest.mark.parametrize(
-    "args, env_extra, code, words",
-    [
-        (["serve", "--model", "/does/not/exist"], {}, 3, ["does not exist"]),
-        (["serve", "--model", "MODEL", "--bogus"], {}, 2, ["No such option"]),
-        (["plan", "--model", "MODEL", "--interface", "ib7"], {}, 5, ["'ib7' does not exist"]),
-        (["plan", "--model", "MODEL"], {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "gpu[01-"}, 3, ["cannot parse node list"]),
-        (["plan", "--model", "MODEL"], {"VLLM_HPC_PORT_BASE": "abc"}, 3, ["VLLM_HPC_PORT_BASE"]),
-        (["plan", "--model", "MODEL", "-tp", "3"], {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "g1", "SLURM_GPUS_ON_NODE": "4"}, 4, ["does not match the 4 GPUs"]),
-        (["plan", "--model", "MODEL", "--", "--api-key", "x"], {}, 2, ["visible to every user"]),
-        (["status", "999999"], {}, 10, ["999999"]),
-    ],
-)
-def test_bad_input_one_line(tmp_path, model, args, env_extra, code, words):
-    args = [model if a == "MODEL" else a for a in args]
-    assert_one_line_error(run(*args, env=clean_env(tmp_path, **env_extra)), code, *words)
-
-
-def test_model_dir_without_config(tmp_path):
-    (tmp_path / "empty").mkdir()
-    assert_one_line_error(run("plan", "--model", str(tmp_path / "empty"), env=clean_env(tmp_path)), 3, "no config.json")

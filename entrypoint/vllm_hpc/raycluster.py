@@ -19,12 +19,14 @@ class RayNode:
     gpus: float
 
 
-def connect(address: str) -> None:
+def connect(address: str, node_ip: str) -> None:
     import logging
 
     import ray
 
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    # Without _node_ip_address Ray guesses this driver's address from the hostname or a
+    # route, which is the management network on most clusters (and fails with none).
+    ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING, log_to_driver=False)
 
 
 def disconnect() -> None:

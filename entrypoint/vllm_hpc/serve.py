@@ -155,7 +155,7 @@ class NodeRun:
         )
         from .raycluster import NodeWatcher, connect, wait_for_nodes
 
-        connect(f"{plan.node_ip}:{gcs}")
+        connect(f"{plan.node_ip}:{gcs}", plan.node_ip)
         self.ray_connected = True
         wait_for_nodes(self.supervisor, plan.nodes, plan.gpus_per_node, plan.deadlines.join)
         watcher = NodeWatcher(self.supervisor, plan.nodes)

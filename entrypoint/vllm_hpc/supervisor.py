@@ -50,7 +50,9 @@ class Reporter:
         self.started = time.monotonic()
 
     def say(self, message: str) -> None:
-        line = f"[vllm-hpc {self.prefix} {time.strftime('%H:%M:%S')} +{time.monotonic() - self.started:.1f}s] {message}"
+        now = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        line = f"[vllm-hpc {self.prefix} {stamp} +{time.monotonic() - self.started:.1f}s] {message}"
         print(line, file=self.stream, flush=True)
         if self.log_path:
             try:

@@ -1,0 +1,41 @@
+#!/bin/bash
+# The peers' way of forming a Ray cluster on Slurm, for the benchmark's baseline rows.
+# Run under srun, one task per node. PEER_MODE:
+#   fixed-sleep  head first, then the workers after a fixed sleep of 10 s plus 5 s per
+#                worker rank, as launch scripts that `sleep` between steps do;
+#   poll-5s      workers start at once; the driver polls the node list every 5 s.
+# Writes {"last_task_start": epoch, "joined": epoch} to PEER_RESULT when the driver sees
+# every node. Needs RAY_BIN, RAY_PYTHON, HEAD_IP, RAY_PORT, PEER_MODE, PEER_RESULT.
+set -euo pipefail
+start=$(date +%s.%N)
+ip=$(ip -4 -o addr show dev ib0 | awk '{print $4}' | cut -d/ -f1)
+starts="$PEER_RESULT.starts"
+echo "$start" >> "$starts"
+common=(--node-ip-address "$ip" --num-cpus 1 --num-gpus "${SLURM_GPUS_ON_NODE:-0}"
+        --temp-dir "/tmp/peer-$SLURM_JOB_ID" --disable-usage-stats --block)
+if [[ $SLURM_NODEID == 0 ]]; then
+    "$RAY_BIN" start --head --port "$RAY_PORT" --include-dashboard=false "${common[@]}" &
+    interval=0.25
+    if [[ $PEER_MODE == poll-5s ]]; then interval=5; fi
+    "$RAY_PYTHON" - "$ip" "$RAY_PORT" "$SLURM_JOB_NUM_NODES" "$interval" "$starts" "$PEER_RESULT" <<'PY'
+import json, sys, time
+import ray
+ip, port, want, interval, starts, result = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
+while True:
+    try:
+        ray.init(address=f"{ip}:{port}", _node_ip_address=ip, logging_level="ERROR")
+        break
+    except Exception:
+        time.sleep(0.5)
+while len([n for n in ray.nodes() if n["Alive"]]) < want:
+    time.sleep(interval)
+joined = time.time()
+last = max(float(x) for x in open(starts).read().split())
+json.dump({"last_task_start": last, "joined": joined}, open(result + ".part", "w"))
+import os; os.replace(result + ".part", result)
+PY
+    wait
+else
+    if [[ $PEER_MODE == fixed-sleep ]]; then sleep $((10 + 5 * (SLURM_NODEID - 1))); fi
+    exec "$RAY_BIN" start --address "$HEAD_IP:$RAY_PORT" "${common[@]}"
+fi

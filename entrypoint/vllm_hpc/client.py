@@ -14,8 +14,8 @@ from . import jobfiles
 from .errors import JobFailedError, NoJobError, NotReadyError
 from .settings import read_settings
 
-# Slurm job states in which the job can still become ready.
-LIVE_SLURM_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+FINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+FAILED_SLURM_STATES = FINAL_SLURM_STATES - {"COMPLETED", "CANCELLED"}
 
 
 def _jobs_dir() -> Path:
@@ -40,11 +40,27 @@ def slurm_state(job_id: str) -> str | None:
     if not job_id.replace("_", "").isdigit() or not shutil.which("squeue"):
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=15, check=False)
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = out.stdout.split()
     return lines[0] if out.returncode == 0 and lines else None
+
+
+def _phase(state_phase: str | None, queue: str | None, slurm_known: bool) -> str | None:
+    """Pure: the job's phase from its own state file and Slurm's view of it."""
+    if state_phase in ("failed", "stopped"):
+        return state_phase
+    if queue in FINAL_SLURM_STATES:
+        return "failed" if queue in FAILED_SLURM_STATES and state_phase != "ready" else "ended"
+    if state_phase in ("starting", "ready"):
+        # Slurm no longer lists a job it should know: it ended without a final word.
+        return "ended" if slurm_known and queue is None else state_phase
+    if queue in ("PENDING", "CONFIGURING", "REQUEUED", "SUSPENDED"):
+        return "pending"
+    if queue is not None:
+        return "starting"
+    return None
 
 
 def job_status(job_id: str | None) -> dict[str, Any]:
@@ -53,22 +69,19 @@ def job_status(job_id: str | None) -> dict[str, Any]:
     state = jobfiles.read_json(job_dir / "state.json") or {}
     endpoint = jobfiles.read_json(job_dir / "endpoint.json")
     queue = slurm_state(job)
-    phase = state.get("phase")
-    if phase in (None, "starting", "ready") and queue is None and shutil.which("squeue") and job.isdigit():
-        # Slurm no longer knows the job: it ended without writing a final state.
-        phase = "ended" if phase else None
+    slurm_known = bool(shutil.which("squeue")) and job.replace("_", "").isdigit()
+    phase = _phase(state.get("phase"), queue, slurm_known)
     if phase is None:
-        if queue in ("PENDING", "CONFIGURING", "REQUEUED"):
-            phase = "pending"
-        elif queue is not None:
-            phase = "starting"
-        else:
-            raise NoJobError(f"job {job} is unknown to Slurm and has no state in {job_dir}", "check the job id with squeue")
+        raise NoJobError(f"job {job} is unknown to Slurm and has no state in {job_dir}", "check the job id with squeue")
+    reason = state.get("reason")
+    if phase in ("failed", "ended") and not reason:
+        reason = f"Slurm says {queue}" if queue else "the job left Slurm's queue"
+        reason += "; see the job's Slurm output file"
     return {
         "job_id": job,
         "phase": phase,
         "slurm_state": queue,
-        "reason": state.get("reason"),
+        "reason": reason,
         "endpoint": endpoint if phase == "ready" else None,
         "job_dir": str(job_dir),
         "updated": state.get("updated"),
@@ -98,10 +111,7 @@ def wait_until_ready(job_id: str | None, timeout: float, interval: float = 1.0) 
     last_report = start
     info: dict[str, Any] = {}
     while True:
-        try:
-            info = job_status(job)
-        except NoJobError:
-            info = {"job_id": job, "phase": "unknown"}
+        info = job_status(job)
         phase = info["phase"]
         elapsed = time.monotonic() - start
         if phase == "ready":

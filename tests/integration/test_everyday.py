@@ -1,0 +1,85 @@
+"""status, wait, chat and doctor against jobs on the emulated Slurm cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from helpers import STANDIN_ENV, VLLM_HPC, job_env, job_home, submit, vllm_hpc, wait_ready
+
+pytestmark = pytest.mark.integration
+
+
+def test_status_follows_a_job_from_pending_to_ready_and_chat_answers(cluster2, tiny_model):
+    c = cluster2
+    home = job_home("everyday")
+    env = job_env(c, home, **STANDIN_ENV)
+    out = home / "job.out"
+    job = submit(c, "multinode.sbatch", ["--nodes=2", "--gpus-per-node=4", "--hold"], ["--model", tiny_model, "--served-model-name", "tiny"], env, out)
+    try:
+        held = vllm_hpc("status", str(job), "--json", env=env)
+        assert held.returncode == 0, held.stderr
+        assert json.loads(held.stdout)["phase"] == "pending"
+        c.slurm(["scontrol", "release", str(job)])
+        status = wait_ready(job, env, out)
+        assert status["phase"] == "ready" and status["slurm_state"] == "RUNNING"
+        human = vllm_hpc("status", str(job), env=env)
+        assert f"job {job}: ready" in human.stdout and "curl" in human.stdout
+        chat = vllm_hpc("chat", str(job), "Hello there", env=env)
+        assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+        # The curl line printed into the job's output works as printed.
+        line = next(l for l in out.read_text().splitlines() if "try: curl" in l).split("try: ", 1)[1]
+        reply = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60)
+        assert json.loads(reply.stdout)["object"] == "chat.completion", reply.stdout + reply.stderr
+    finally:
+        c.slurm(["scancel", str(job)], check=False)
+
+
+def test_wait_reports_a_failed_job(cluster2, tmp_path):
+    c = cluster2
+    home = job_home("failing")
+    env = job_env(c, home, **STANDIN_ENV)
+    (tmp_path / "nomodel").mkdir()
+    job = submit(c, "multinode.sbatch", ["--nodes=2", "--gpus-per-node=4"], ["--model", str(tmp_path / "nomodel")], env, home / "job.out")
+    result = vllm_hpc("wait", str(job), "--timeout", "60", env=env, timeout=90)
+    assert result.returncode == 11, result.stderr
+    assert "before it was ready" in result.stderr
+    assert "no config.json" in (home / "job.out").read_text()
+
+
+def test_doctor_on_every_node(cluster2, tiny_model):
+    c = cluster2
+    env = job_env(c, job_home("doctor"))
+    result = subprocess.run(
+        ["srun", "--label", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4", VLLM_HPC, "doctor", "--model", tiny_model, "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    by_task: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        task, _, text = line.partition(": ")
+        by_task.setdefault(task.strip(), []).append(text)
+    reports = [json.loads("\n".join(lines)) for lines in by_task.values()]
+    assert len(reports) == 2
+    seen_ips = set()
+    for checks in reports:
+        by = {c["check"]: c for c in checks}
+        assert by["gpus"]["status"] == "ok" and "4 GPU" in by["gpus"]["detail"]
+        assert by["network"]["status"] == "ok" and by["network"]["detail"].startswith("ib0 ")
+        seen_ips.add(by["network"]["detail"].split()[1])
+        assert by["model"]["status"] == "ok" and by["ports"]["status"] == "ok"
+        assert by["ray"]["status"] == "ok" and by["vllm"]["status"] == "ok"
+    assert seen_ips == {c.fabric_ip(n) for n in c.node_names}
+
+
+def test_doctor_fails_on_a_missing_model(cluster2, tmp_path):
+    env = job_env(cluster2, job_home("doctor-bad"))
+    result = subprocess.run(
+        ["srun", "--nodes=1", VLLM_HPC, "doctor", "--model", str(tmp_path / "missing")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "FAIL model" in result.stdout and "put the model on a file system every node mounts" in result.stdout
+

@@ -381,11 +381,13 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float,
             return result
         now = time.monotonic()
         if now > deadline:
+            last = seen()
             raise BedError(f"timed out after {timeout:.0f} s waiting for {what}"
-                           + (f"; last seen: {seen()}" if seen else ""))
+                           + (f"; last seen: {last}" if last else ""))
         if now > next_report:
+            last = seen()
             log(f"waiting for {what}: {now - start:.0f} s of {timeout:.0f} s"
-                + (f" ({seen()})" if seen() else ""))
+                + (f" ({last})" if last else ""))
             next_report = now + 5
         time.sleep(interval)
 
@@ -564,6 +566,7 @@ class Cluster:
         null = os.stat("/dev/null").st_rdev
         for dev in layout.gpu_devices():
             os.mknod(dev, 0o666 | 0o020000, null)  # S_IFCHR, same device as /dev/null
+            dev.chmod(0o666)
 
     def _start_munge(self, layout: Layout) -> None:
         d = self.root / "munge"

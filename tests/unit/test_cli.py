@@ -53,3 +53,16 @@ def test_plan_json_for_a_worker(tmp_path, model):
     assert data["tensor_parallel_size"] == 2 and data["pipeline_parallel_size"] == 2
 
 
+
+
+def test_plan_and_help_stay_light(tmp_path, model):
+    """No vLLM, Ray or HTTP client import on the plan and --help paths."""
+    for args in (["--help"], ["plan", "--model", model, "--interface", "lo"]):
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "vllm_hpc", *args],
+            capture_output=True, text=True, env=clean_env(tmp_path), timeout=60,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+        heavy = sorted(m for m in imported if m.split(".")[0] in ("vllm", "ray", "torch", "requests", "transformers"))
+        assert heavy == [], heavy

@@ -187,9 +187,12 @@ def test_ray_cluster_forms_over_ib0(cluster2: Cluster, tmp_path: Path) -> None:
                                + (tmp_path / "out.txt").read_text()[-3000:])
             return result.exists()
 
-        wait_for("a 2-node Ray cluster", formed, 180, log,
-                 seen=lambda: (tmp_path / "out.txt").read_text()[-300:]
-                 if (tmp_path / "out.txt").exists() else "")
+        def last_output_line() -> str:
+            out = tmp_path / "out.txt"
+            lines = out.read_text().strip().splitlines() if out.exists() else []
+            return lines[-1][-160:] if lines else ""
+
+        wait_for("a 2-node Ray cluster", formed, 180, log, seen=last_output_line)
         log(f"Ray cluster over ib0 formed {time.monotonic() - t0:.1f} s after submit")
         nodes = json.loads(result.read_text())
         assert sorted(n["ip"] for n in nodes) == [c.fabric_ip("gpu01"), c.fabric_ip("gpu02")]

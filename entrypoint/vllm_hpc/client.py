@@ -14,6 +14,7 @@ from . import jobfiles
 from .errors import JobFailedError, NoJobError, NotReadyError
 from .settings import read_settings
 
+NEW_JOB_GRACE_S = 30.0
 FINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 FAILED_SLURM_STATES = FINAL_SLURM_STATES - {"COMPLETED", "CANCELLED"}
 
@@ -111,9 +112,15 @@ def wait_until_ready(job_id: str | None, timeout: float, interval: float = 1.0) 
     last_report = start
     info: dict[str, Any] = {}
     while True:
-        info = job_status(job)
-        phase = info["phase"]
         elapsed = time.monotonic() - start
+        try:
+            info = job_status(job)
+        except NoJobError:
+            # A job that was just started may not have written its state yet.
+            if elapsed >= min(NEW_JOB_GRACE_S, timeout):
+                raise
+            info = {"job_id": job, "phase": "not started yet"}
+        phase = info["phase"]
         if phase == "ready":
             return info
         if phase in ("failed", "ended", "stopped"):

@@ -45,6 +45,8 @@ class NodeRun:
     # -- entry ---------------------------------------------------------------
     def run(self) -> int:
         plan = self.plan
+        # Everything this node and its children write (logs, Ray's session files) is private.
+        os.umask(0o077)
         jobfiles.make_private_dir(plan.paths.log_dir)
         self.supervisor.install_signal_handlers()
         try:

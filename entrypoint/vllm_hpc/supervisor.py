@@ -56,7 +56,8 @@ class Reporter:
         print(line, file=self.stream, flush=True)
         if self.log_path:
             try:
-                with open(self.log_path, "a", encoding="utf-8") as handle:
+                fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "a", encoding="utf-8") as handle:
                     handle.write(line + "\n")
             except OSError:
                 pass

@@ -19,5 +19,5 @@ def test_demo_serves_and_chats(tmp_path, tiny_model):
     reply = json.loads(result.stdout.split('"Hello! What can you do?"', 1)[1].split("--- demo done")[0])
     assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
     assert "READY" in result.stderr and "this node's processes are stopped" in result.stderr
-    left = subprocess.run(["pgrep", "-f", f"--model {MODEL_CACHE}"], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", "--", f"--model {MODEL_CACHE}"], capture_output=True, text=True).stdout.split()
     assert left == []

@@ -77,7 +77,7 @@ def test_bad_input(name, args, env_extra, code, words, files, tmp_path):
     for word in words:
         assert word in errors[0], errors[0]
     assert "secret-key-value" not in result.stderr + result.stdout
-    children = subprocess.run(["pgrep", "-f", f"--model {files['MODEL']}"], capture_output=True, text=True).stdout.split()
+    children = subprocess.run(["pgrep", "-f", "--", f"--model {files['MODEL']}"], capture_output=True, text=True).stdout.split()
     assert children == [], "a process of the failed command is still running"
 
 

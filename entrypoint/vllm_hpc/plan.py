@@ -34,6 +34,8 @@ PORT_OFFSETS = {
     "ray_metrics": 6,
     "ray_runtime_env_agent": 7,
     "ray_client_server": 8,
+    # Even with the dashboard off, a head starts a minimal dashboard process (127.0.0.1).
+    "ray_dashboard": 9,
 }
 WORKER_PORT_FIRST, WORKER_PORT_LAST = 20, 99
 
@@ -353,7 +355,12 @@ def build_vllm_argv(settings: Settings, options: ServeOptions, host: str, port: 
 def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str, gpus: int, tmpdir: str, hostname: str, head: bool, leader_ip: str) -> tuple[str, ...]:
     argv = ray_executable(settings.python) + ["start", "--block"]
     if head:
-        argv += ["--head", "--port", str(plan_ports["ray_gcs"]), "--ray-client-server-port", str(plan_ports["ray_client_server"])]
+        argv += [
+            "--head",
+            "--port", str(plan_ports["ray_gcs"]),
+            "--ray-client-server-port", str(plan_ports["ray_client_server"]),
+            "--dashboard-port", str(plan_ports["ray_dashboard"]),
+        ]  # fmt: skip
     else:
         argv += ["--address", f"{leader_ip}:{plan_ports['ray_gcs']}"]
     argv += [

@@ -360,6 +360,8 @@ def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str,
             "--port", str(plan_ports["ray_gcs"]),
             "--ray-client-server-port", str(plan_ports["ray_client_server"]),
             "--dashboard-port", str(plan_ports["ray_dashboard"]),
+            # Ray refuses --include-dashboard on a worker ("only ... with --head").
+            "--include-dashboard=false",
         ]  # fmt: skip
     else:
         argv += ["--address", f"{leader_ip}:{plan_ports['ray_gcs']}"]
@@ -368,7 +370,6 @@ def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str,
         "--node-name", hostname,
         "--num-gpus", str(gpus),
         "--temp-dir", tmpdir,
-        "--include-dashboard=false",
         "--disable-usage-stats",
         "--node-manager-port", str(plan_ports["ray_node_manager"]),
         "--object-manager-port", str(plan_ports["ray_object_manager"]),

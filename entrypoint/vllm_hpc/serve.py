@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import shutil
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -141,6 +143,9 @@ class NodeRun:
         for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED"):
             os.environ[key] = str(plan.env[key])
         os.environ["RAY_gcs_rpc_server_reconnect_timeout_s"] = "5"
+        # Importing Ray takes seconds: do it while the head starts.
+        importer = threading.Thread(target=importlib.import_module, args=("ray",), daemon=True)
+        importer.start()
         self.supervisor.start(plan.command("ray-head"), self._env("ray-head"))
         gcs = plan.ports["ray_gcs"]
         wait_for(
@@ -157,8 +162,12 @@ class NodeRun:
         )
         from .raycluster import NodeWatcher, connect, wait_for_nodes
 
+        importer.join()
         connect(f"{plan.node_ip}:{gcs}", plan.node_ip)
         self.ray_connected = True
+        # Ray's core worker installs a SIGTERM handler that aborts the process; ours
+        # must win so that a stop stops the server and Ray in order.
+        self.supervisor.install_signal_handlers()
         wait_for_nodes(self.supervisor, plan.nodes, plan.gpus_per_node, plan.deadlines.join)
         watcher = NodeWatcher(self.supervisor, plan.nodes)
         watcher.start()

@@ -98,8 +98,10 @@ class Supervisor:
 
     # -- signals -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
+        """Also called again after a library (Ray's core worker) installed its own."""
         for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+            previous = signal.signal(signum, self._on_signal)
+            self._previous.setdefault(signum, previous)
 
     def restore_signal_handlers(self) -> None:
         for signum, handler in self._previous.items():

@@ -380,7 +380,7 @@ def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str,
         "--min-worker-port", str(plan_ports["ray_min_worker"]),
         "--max-worker-port", str(plan_ports["ray_max_worker"]),
     ]  # fmt: skip
-    return tuple(argv)
+    return tuple(argv) + settings.ray_start_args
 
 
 def ray_tmpdir_for(settings: Settings, job_id: str) -> str:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ ENV_PORT_BASE = "VLLM_HPC_PORT_BASE"
 ENV_LIVENESS = "VLLM_HPC_LIVENESS_INTERVAL"
 ENV_JOIN_TIMEOUT = "VLLM_HPC_JOIN_TIMEOUT"
 ENV_READY_TIMEOUT = "VLLM_HPC_READY_TIMEOUT"
+ENV_RAY_START_ARGS = "VLLM_HPC_RAY_START_ARGS"
 SYMM_MEM_ALIAS = "VLLM_USE_SYMMETRIC_MEMORY"  # named in old guides; vLLM never read it
 SYMM_MEM_REAL = "VLLM_ALLREDUCE_USE_SYMM_MEM"
 
@@ -46,6 +48,7 @@ class Settings:
     liveness_interval: float | None
     join_timeout: float | None
     ready_timeout: float | None
+    ray_start_args: tuple[str, ...]  # a site's extra `ray start` options, e.g. --object-store-memory
     # The environment children start from; vllm-hpc adds to it, never edits the user's NCCL_* values.
     base_env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
@@ -61,6 +64,13 @@ def _number(env: Mapping[str, str], name: str, kind: type = float) -> float | in
     if value < 0:
         raise ConfigError(f"{name}={raw!r} is negative", f"unset {name} or give it a positive number")
     return value
+
+
+def _split_args(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(env.get(name) or ""))
+    except ValueError as err:
+        raise ConfigError(f"{name} cannot be split into arguments: {err}", f"fix the quoting in {name}") from None
 
 
 def read_settings(env: Mapping[str, str]) -> Settings:
@@ -82,6 +92,7 @@ def read_settings(env: Mapping[str, str]) -> Settings:
         liveness_interval=_number(env, ENV_LIVENESS),
         join_timeout=_number(env, ENV_JOIN_TIMEOUT),
         ready_timeout=_number(env, ENV_READY_TIMEOUT),
+        ray_start_args=_split_args(env, ENV_RAY_START_ARGS),
         base_env=dict(env),
     )
 

@@ -32,6 +32,8 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
     env["VLLM_HPC_HOME"] = str(home)
     env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     env["PYTHONPATH"] = str(REPO / "tests/bed")
+    # Several emulated nodes share this machine's memory: keep each Ray object store small.
+    env["VLLM_HPC_RAY_START_ARGS"] = "--object-store-memory 200000000"
     env.update(extra)
     return env
 

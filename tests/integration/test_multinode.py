@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import time
 
 import pytest
@@ -109,12 +108,16 @@ def test_ray_refuses_clients_without_the_token(cluster2, tiny_model):
         leader = json.loads((home / "jobs" / str(job) / "leader.json").read_text())
         address = f"{leader['ip']}:{leader['ray_gcs']}"
         probe = "import ray, sys; ray.init(address=sys.argv[1]); print('NODES', len([n for n in ray.nodes() if n['Alive']]))"
+        python = str(BIN / "python")
+        # A Ray driver needs a Ray node on its own machine: probe from inside the leader node.
         clean = {k: v for k, v in env.items() if not k.startswith("RAY_")}
-        refused = subprocess.run([str(BIN / "python"), "-c", probe, address], env=clean, capture_output=True, text=True, timeout=120)
+        refused = c.node_exec("gpu01", [python, "-c", probe, address], env=clean, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0 and "NODES" not in refused.stdout
-        print("\nwithout the token:", (refused.stderr.strip().splitlines() or ["?"])[-1][:300])
+        last = (refused.stderr.strip().splitlines() or ["?"])[-1]
+        print("\nwithout the token:", last[:300])
+        assert "auth" in refused.stderr.lower() or "token" in refused.stderr.lower(), refused.stderr[-2000:]
         allowed_env = {**clean, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(home / "jobs" / str(job) / "ray-token")}
-        allowed = subprocess.run([str(BIN / "python"), "-c", probe, address], env=allowed_env, capture_output=True, text=True, timeout=120)
+        allowed = c.node_exec("gpu01", [python, "-c", probe, address], env=allowed_env, capture_output=True, text=True, timeout=120)
         assert "NODES 2" in allowed.stdout, allowed.stderr[-2000:]
     finally:
         c.slurm(["scancel", str(job)], check=False)

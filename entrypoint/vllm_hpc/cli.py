@@ -49,7 +49,7 @@ def _serve_options(func: Callable) -> Callable:
         click.option("--join-timeout", type=click.FloatRange(1), help="Seconds for all nodes to join [default: 600, capped by the walltime]."),
         click.option("--ready-timeout", type=click.FloatRange(1), help="Seconds for the model to load and answer [default: 1800, capped by the walltime]."),
         click.option("--liveness-interval", type=click.FloatRange(0), help="Seconds between liveness completions; 0 turns it off [default: 60]."),
-        click.option("--stop-timeout", type=click.FloatRange(1), default=30.0, show_default=True, help="Seconds each part gets to stop before it is killed."),
+        click.option("--stop-timeout", type=click.FloatRange(1), default=10.0, show_default=True, help="Seconds each part gets to stop before it is killed."),
         click.option("--compile-cache", type=click.Path(file_okay=False), help="Persistent vLLM cache dir (torch.compile, Triton) shared between jobs."),
         click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED),
     ]
@@ -166,8 +166,32 @@ def serve(**kwargs: Any) -> None:
         f"job {plan.job_id}: {plan.role} on {plan.hostname} ({plan.interface} {plan.node_ip}), "
         f"{len(plan.nodes)} node(s) x {plan.gpus_per_node} GPU(s), TP {plan.tensor_parallel_size} x PP {plan.pipeline_parallel_size}"
     )
-    code = NodeRun(plan, settings, options, slurm, reporter).run()
+    runner = NodeRun(plan, settings, options, slurm, reporter)
+    try:
+        code = runner.run()
+    except VllmHpcError as err:
+        if not runner.ray_connected:
+            raise
+        _exit_now(err.exit_code, error_line(err))
+    if runner.ray_connected:
+        _exit_now(code, None)
     sys.exit(code)
+
+
+def _exit_now(code: int, message: str | None) -> None:
+    """End a process that is a Ray client without Ray's exit hooks, which can wait
+    seconds on a control service that is already gone; the node's children are stopped."""
+    if message:
+        print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def error_line(err: VllmHpcError) -> str:
+    if isinstance(err, Signalled):
+        return f"vllm-hpc: {err.problem}"
+    return f"vllm-hpc: error: {err.one_line()}"
 
 
 @cli.command(epilog=SERVE_EPILOG)
@@ -257,11 +281,8 @@ def main(argv: list[str] | None = None) -> None:
             hint = f"; see '{err.ctx.command_path} --help'"
         print(f"vllm-hpc: error: {err.format_message()}{hint}", file=sys.stderr)
         sys.exit(err.exit_code if err.exit_code else EXIT_USAGE)
-    except Signalled as stop:
-        print(f"vllm-hpc: {stop.problem}", file=sys.stderr)
-        sys.exit(stop.exit_code)
     except VllmHpcError as err:
-        print(f"vllm-hpc: error: {err.one_line()}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

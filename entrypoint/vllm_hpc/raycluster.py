@@ -29,16 +29,6 @@ def connect(address: str, node_ip: str) -> None:
     ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING, log_to_driver=False)
 
 
-def disconnect() -> None:
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-    except Exception:  # noqa: BLE001 - best effort at shutdown
-        pass
-
-
 def read_nodes() -> list[RayNode]:
     import ray
 

@@ -95,10 +95,8 @@ class NodeRun:
     def _shutdown(self) -> None:
         for watcher in self.watchers:
             watcher.stopping.set()
-        if self.ray_connected:
-            from .raycluster import disconnect
-
-            disconnect()
+        # No ray.shutdown() here: with the cluster going down it can wait seconds on the
+        # GCS. The CLI ends this process without Ray's exit hooks instead (cli.serve).
         self.supervisor.stop_all(self.plan.deadlines.stop)
         if self.plan.ray_tmpdir:
             shutil.rmtree(self.plan.ray_tmpdir, ignore_errors=True)

@@ -4,6 +4,7 @@ on the leader of a multi-node job."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -98,3 +99,33 @@ class NodeWatcher(threading.Thread):
                     )
                 )
                 return
+
+
+class PortWatcher(threading.Thread):
+    """Probes each worker node's raylet port over TCP: a node that vanished (power,
+    kernel, network) is seen in a few seconds even while Ray's own health check waits
+    on a connection that will never answer."""
+
+    def __init__(self, supervisor: Supervisor, targets: dict[str, tuple[str, int]], interval: float = 1.0, misses: int = 3) -> None:
+        super().__init__(name="node-ports", daemon=True)
+        self.supervisor, self.targets, self.interval, self.misses = supervisor, targets, interval, misses
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        missed = dict.fromkeys(self.targets, 0)
+        while not self.stopping.wait(self.interval):
+            for name, (ip, port) in self.targets.items():
+                try:
+                    with socket.create_connection((ip, port), timeout=self.interval):
+                        missed[name] = 0
+                except OSError:
+                    missed[name] += 1
+                if missed[name] >= self.misses and not self.stopping.is_set():
+                    self.supervisor.fail(
+                        ChildDiedError(
+                            f"node {name} ({ip}) left the Ray cluster: its Ray worker at port {port} stopped answering"
+                            f" {self.misses} times in a row (the node or its Ray died)",
+                            "see that node's logs in the job directory",
+                        )
+                    )
+                    return

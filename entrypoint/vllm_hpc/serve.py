@@ -172,7 +172,7 @@ class NodeRun:
             plan.paths.leader,
             {"ip": plan.node_ip, "ray_gcs": gcs, "hostname": plan.hostname, "generation": self.slurm.generation, "job_id": plan.job_id},
         )
-        from .raycluster import NodeWatcher, connect, wait_for_nodes
+        from .raycluster import NodeWatcher, PortWatcher, connect, read_nodes, wait_for_nodes
 
         importer.join()
         connect(f"{plan.node_ip}:{gcs}", plan.node_ip)
@@ -181,9 +181,10 @@ class NodeRun:
         # must win so that a stop stops the server and Ray in order.
         self.supervisor.install_signal_handlers()
         wait_for_nodes(self.supervisor, plan.nodes, plan.gpus_per_node, plan.deadlines.join)
-        watcher = NodeWatcher(self.supervisor, plan.nodes)
-        watcher.start()
-        self.watchers.append(watcher)
+        workers = {n.name: (n.ip, plan.ports["ray_node_manager"]) for n in read_nodes() if n.alive and n.name != plan.hostname}
+        for watcher in (NodeWatcher(self.supervisor, plan.nodes), PortWatcher(self.supervisor, workers)):
+            watcher.start()
+            self.watchers.append(watcher)
 
     def _publish_endpoint(self, base_url: str, took: float) -> None:
         plan = self.plan

@@ -186,6 +186,15 @@ def _descendants(pid: int) -> list:
         return []
 
 
+def _running(proc) -> bool:  # noqa: ANN001 - a psutil.Process
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _killpg(pgid: int, signum: int) -> None:
     try:
         os.killpg(pgid, signum)
@@ -209,7 +218,7 @@ def stop_process_tree(child: Child, timeout: float, reporter: Reporter) -> None:
             pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        descendants = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        descendants = [p for p in descendants if _running(p)]
         if child.process.poll() is not None and not descendants:
             break
         descendants += [d for d in _descendants(pid) if d not in descendants]

@@ -145,7 +145,8 @@ def test_worker_node_death_ends_the_job(fresh_cluster, tiny_model):
     print(f"\nworker node killed -> job's processes gone in {took:.1f}s")
     text = out.read_text()
     assert "gpu02" in text and "left the Ray cluster" in text, text[-3000:]
-    assert c.job_state(job) not in ("RUNNING", "PENDING")
+    # The sbatch scripts say --no-requeue: the job ends instead of starting again elsewhere.
+    assert wait_until("job ended", lambda: c.job_state(job) in ("NODE_FAIL", "FAILED", "COMPLETING", "CANCELLED"), 30)
     state = json.loads((home / "jobs" / str(job) / "state.json").read_text())
     assert state["phase"] == "failed" and "gpu02" in state["reason"]
 

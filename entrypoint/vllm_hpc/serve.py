@@ -105,7 +105,8 @@ class NodeRun:
 
     def _env(self, command_name: str) -> dict[str, str]:
         command = self.plan.command(command_name)
-        base = {k: v for k, v in self.settings.base_env.items() if k != ENV_API_KEY}
+        # vllm-hpc's own variables stay here: vLLM warns about VLLM_* names it does not know.
+        base = {k: v for k, v in self.settings.base_env.items() if not k.startswith("VLLM_HPC_")}
         return resolve_env(base, self.plan.env, command.env, read_secret=lambda p: jobfiles.read_secret_file(p, "secret"))
 
     # -- secrets -------------------------------------------------------------
@@ -154,7 +155,8 @@ class NodeRun:
         # This process talks to Ray as a client too: it needs the same token settings.
         for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED"):
             os.environ[key] = str(plan.env[key])
-        os.environ["RAY_gcs_rpc_server_reconnect_timeout_s"] = "5"
+        # Ray's default GCS reconnect time (60 s) stays: a shorter one makes Ray's core
+        # worker end this process in the middle of a stop, when the head goes first.
         # Importing Ray takes seconds: do it while the head starts.
         importer = threading.Thread(target=importlib.import_module, args=("ray",), daemon=True)
         importer.start()

@@ -12,14 +12,15 @@ import time
 import pytest
 import requests
 
-from helpers import BIN, STANDIN_ENV, all_cmdlines, job_env, job_home, job_processes, submit, wait_ready, wait_until
+from helpers import BIN, REPO, STANDIN_ENV, all_cmdlines, job_env, job_home, job_processes, submit, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def start_job(cluster, name, nodes, tiny_model, extra_serve=(), sbatch_extra=(), gpus=4, env_extra=None):
     home = job_home(name)
-    env = job_env(cluster, home, **STANDIN_ENV, **(env_extra or {}))
+    env = job_env(cluster, home, **STANDIN_ENV)
+    env.update(env_extra or {})
     out = home / "job.out"
     t0 = time.monotonic()
     job = submit(
@@ -186,4 +187,25 @@ def test_two_jobs_share_nodes_without_collisions(cluster2, tiny_model):
         assert len(ranks) == 4
     finally:
         c.slurm(["scancel", str(first[0]), str(second[0])], check=False)
+        wait_until("job processes gone", lambda: not any(job_processes(c, node) for node in c.node_names), 60)
+
+
+@pytest.mark.apptainer
+def test_multinode_job_inside_the_image(cluster2, tiny_model):
+    """The same job with the entrypoint inside the test image, under srun + apptainer exec."""
+    image = os.environ.get("VLLM_HPC_TEST_IMAGE", "/var/cache/vllm-hpc-bed/vllm-hpc-test.sif")
+    if not os.path.exists(image) and os.environ.get("VLLM_HPC_SKIP_APPTAINER") == "1":
+        pytest.skip("no test image and VLLM_HPC_SKIP_APPTAINER=1")
+    c = cluster2
+    bed = str(REPO / "tests" / "bed")
+    job, env, home, out, status = start_job(c, "image", 2, tiny_model, env_extra={"VLLM_HPC_IMAGE": image, "VLLM_HPC_BIND": bed})
+    try:
+        ranks = requests.get(f"{status['endpoint']['base_url']}/standin/ranks", timeout=30).json()["ranks"]
+        assert sorted({r["node_ip"] for r in ranks}) == sorted(c.fabric_ip(n) for n in c.node_names)
+        # The server and Ray ran from the image's own Python.
+        leader = [cmd for _, cmd in c.node_processes("gpu01") if "standin_vllm" in cmd]
+        assert leader and leader[0].startswith("/opt/vllm-hpc/venv/bin/python"), leader
+        assert any("Apptainer" in cmd or "apptainer" in cmd for _, cmd in c.node_processes("gpu02"))
+    finally:
+        c.slurm(["scancel", str(job)], check=False)
         wait_until("job processes gone", lambda: not any(job_processes(c, node) for node in c.node_names), 60)

@@ -173,10 +173,6 @@ class Plan:
     commands: tuple[Command, ...]
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
-    def multi_node(self) -> bool:
-        return self.role in ("leader", "worker")
-
     def command(self, name: str) -> Command:
         return next(c for c in self.commands if c.name == name)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import shlex
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from . import jobfiles
 from .errors import ChildDiedError, ClusterError, JobFailedError, Signalled, VllmHpcError
-from .plan import Plan, ServeOptions
+from .plan import LEADER_IP_PLACEHOLDER, Plan, ServeOptions
 from .readiness import LivenessWatcher, probe_url, wait_for_ready
 from .settings import ENV_API_KEY, Settings
 from .slurm import SlurmEnv
@@ -220,8 +221,8 @@ class NodeRun:
         plan = self.plan
         leader = self._wait_for_leader()
         command = plan.command("ray-worker")
-        argv = tuple(a.replace("<leader fabric ip>", leader["ip"]) for a in command.argv)
-        live_command = type(command)(command.name, argv, command.env, command.log)
+        argv = tuple(a.replace(LEADER_IP_PLACEHOLDER, leader["ip"]) for a in command.argv)
+        live_command = dataclasses.replace(command, argv=argv)
         env = self._env("ray-worker")
         jobfiles.read_secret_file(plan.paths.ray_token, "Ray token")
         start = time.monotonic()

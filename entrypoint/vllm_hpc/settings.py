@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -101,7 +100,3 @@ def ray_executable(python: str) -> list[str]:
     """The `ray` command installed beside ``python`` (same venv), else from PATH."""
     beside = Path(python).parent / "ray"
     return [str(beside)] if beside.exists() else ["ray"]
-
-
-def current_env() -> Mapping[str, str]:
-    return os.environ

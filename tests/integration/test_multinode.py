@@ -169,7 +169,7 @@ def test_two_jobs_share_nodes_without_collisions(cluster2, tiny_model):
     first = start_job(c, "share-a", 2, tiny_model, gpus=2)
     second = start_job(c, "share-b", 2, tiny_model, gpus=2)
     try:
-        (job_a, env_a, home_a, _, status_a), (job_b, env_b, home_b, _, status_b) = first, second
+        (job_a, _, _, _, status_a), (job_b, _, _, _, status_b) = first, second
         assert status_a["endpoint"]["port"] != status_b["endpoint"]["port"]
         c.slurm(["scancel", str(job_a)])
         wait_until("first job gone", lambda: c.job_state(job_a) not in ("RUNNING", "COMPLETING"), 30)

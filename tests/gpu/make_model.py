@@ -41,16 +41,9 @@ DEFAULTS = {
 CORPUS_WORDS = 1_500_000
 LEXICON_SIZE = 60_000
 
-BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
-SPECIAL_TOKENS = [BOS, EOS, PAD, *ROLE_TOKENS]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + '\\n' + message['content'] + eos_token + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' + '\\n' }}{% endif %}"
-)
+# The same special tokens and chat template as the test bed's tiny model.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bed"))
+from tiny_model import BOS, CHAT_TEMPLATE, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS  # noqa: E402,F401
 STAMP = ".make-model.json"
 FORMAT_VERSION = 1
 

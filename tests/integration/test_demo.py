@@ -14,10 +14,13 @@ pytestmark = pytest.mark.integration
 
 def test_demo_serves_and_chats(tmp_path, tiny_model):
     env = base_env(tmp_path)
-    result = subprocess.run(["bash", str(REPO / "tests/bed/demo.sh"), str(MODEL_CACHE)], env=env, capture_output=True, text=True, timeout=900)
+    # A path of this test's own, so that the leftover check sees only the demo's processes.
+    model = tmp_path / "model"
+    model.symlink_to(MODEL_CACHE)
+    result = subprocess.run(["bash", str(REPO / "tests/bed/demo.sh"), str(model)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     reply = json.loads(result.stdout.split('"Hello! What can you do?"', 1)[1].split("--- demo done")[0])
     assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
     assert "READY" in result.stderr and "this node's processes are stopped" in result.stderr
-    left = subprocess.run(["pgrep", "-f", "--", f"--model {MODEL_CACHE}"], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", "--", f"--model {model}"], capture_output=True, text=True).stdout.split()
     assert left == []

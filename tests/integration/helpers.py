@@ -137,6 +137,14 @@ def job_processes(cluster, node: str) -> list[tuple[int, str]]:
     return [(pid, cmd) for pid, cmd in cluster.node_processes(node) if " _init " not in cmd and not cmd.startswith("slurmd ")]
 
 
+SERVING_WORDS = ("vllm-hpc", "ray", "standin_vllm", "vllm.entrypoints", "VLLM::")
+
+
+def serving_processes(cluster, node: str) -> list[tuple[int, str]]:
+    """vllm-hpc, Ray and server processes of a node (not Slurm's own srun or batch shell)."""
+    return [(pid, cmd) for pid, cmd in job_processes(cluster, node) if any(w in cmd for w in SERVING_WORDS) and not cmd.startswith("srun ")]
+
+
 def wait_until(what: str, check, timeout: float, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while True:

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from helpers import BIN, REPO, STANDIN_ENV, all_cmdlines, job_env, job_home, job_processes, submit, wait_ready, wait_until
+from helpers import BIN, REPO, STANDIN_ENV, all_cmdlines, job_env, job_home, job_processes, serving_processes, submit, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -141,9 +141,12 @@ def test_worker_node_death_ends_the_job(fresh_cluster, tiny_model):
     job, env, home, out, status = start_job(c, "nodedeath", 2, tiny_model)
     t0 = time.monotonic()
     c.kill_node("gpu02")
-    wait_until("leader processes gone", lambda: not job_processes(c, "gpu01"), 30)
+    wait_until("vllm-hpc, Ray and the server gone from the leader", lambda: not serving_processes(c, "gpu01"), 30, interval=0.05)
     took = time.monotonic() - t0
-    print(f"\nworker node killed -> job's processes gone in {took:.1f}s")
+    print(f"\nworker node killed -> serving processes gone from the leader in {took:.1f}s")
+    # srun itself waits until Slurm declares the node dead (SlurmdTimeout, 20 s here).
+    wait_until("leader's job processes gone", lambda: not job_processes(c, "gpu01"), 60)
+    print(f"worker node killed -> every job process gone in {time.monotonic() - t0:.1f}s")
     text = out.read_text()
     assert "gpu02" in text and "left the Ray cluster" in text, text[-3000:]
     # The sbatch scripts say --no-requeue: the job ends instead of starting again elsewhere.

@@ -28,7 +28,11 @@ SEED_REQUEST = {
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     srv = LocalServer(tmp_path_factory.mktemp("local"), tiny_model, ["--liveness-interval", "5"])
-    srv.status = srv.wait_ready()
+    try:
+        srv.status = srv.wait_ready()
+    except BaseException:
+        srv.stop()  # a server that never became ready must not outlive the test run
+        raise
     srv.ready_after = time.monotonic() - srv.started
     print(f"\nvllm-hpc serve (CPU vLLM, tiny model): ready after {srv.ready_after:.1f}s")
     yield srv

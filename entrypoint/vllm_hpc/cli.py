@@ -95,7 +95,7 @@ def _detect_gpus() -> int | None:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def _check_ports(plan: Plan, options: ServeOptions) -> tuple[Plan, ServeOptions, str | None]:
+def _check_ports(plan: Plan, options: ServeOptions) -> tuple[ServeOptions, str | None]:
     """Refuse ports in use; a server port we chose ourselves moves to a free one instead."""
     from .network import port_is_free
 
@@ -113,16 +113,16 @@ def _check_ports(plan: Plan, options: ServeOptions) -> tuple[Plan, ServeOptions,
                 "set VLLM_HPC_PORT_BASE to the start of a free block of 100 ports",
             )
     if plan.role == "worker":
-        return plan, options, None
+        return options, None
     host = plan.host if plan.host not in ("0.0.0.0", "::") else "0.0.0.0"
     if port_is_free(host, plan.port):
-        return plan, options, None
+        return options, None
     if plan.port_explicit:
         raise NetworkError(f"port {plan.port} on {host} is already in use on {plan.hostname}", "choose another with --port")
     for candidate in range(plan.port + 1, plan.port + 200):
         if port_is_free(host, candidate) and candidate not in plan.ports.values():
             options = dataclasses.replace(options, port=candidate)
-            return plan, options, f"port {plan.port} is in use; serving on {candidate} instead"
+            return options, f"port {plan.port} is in use; serving on {candidate} instead"
     raise NetworkError(f"no free port near {plan.port} on {host}", "choose one with --port")
 
 
@@ -151,7 +151,7 @@ def serve(**kwargs: Any) -> None:
 
     options = _options_from(kwargs)
     plan, settings, slurm = _make_plan(options)
-    plan, options, moved = _check_ports(plan, options)
+    options, moved = _check_ports(plan, options)
     if moved:
         plan, settings, slurm = _make_plan(options)
     from .jobfiles import make_private_dir

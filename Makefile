@@ -8,13 +8,14 @@ BED_CACHE ?= /var/cache/vllm-hpc-bed
 DEMO_MODEL ?= $(BED_CACHE)/tiny-model
 PYTEST_ARGS ?=
 
-.PHONY: help venv system apptainer demo test test-unit test-integration bench bench-quick
+.PHONY: help venv system apptainer demo test test-unit test-integration bench bench-quick lock
 
 help:
 	@echo "make demo         set up a Python environment and serve a tiny generated model locally, then chat with it"
 	@echo "make test         install the test bed (Slurm, Apptainer, CPU vLLM) and run every test layer"
 	@echo "make test-unit    only the fast pure tests"
 	@echo "make image        build the production image (IMAGE=vllm-hpc.sif)"
+	@echo "make lock         resolve container/requirements.lock and the test bed's lock again (uv)"
 	@echo "make bench        start-up, cluster formation and failure detection figures (bench-quick: one run each)"
 
 venv:
@@ -38,6 +39,10 @@ test-integration: system venv apptainer test-image
 test: system venv apptainer test-image
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# Both locks, resolved by uv as of vLLM 0.11.0's release day (container/lock.sh).
+lock:
+	bash container/lock.sh
+
 bench: system venv
 	$(VENV)/bin/python tests/bench/bench.py
 
@@ -50,7 +55,9 @@ bench-quick: system venv
 # (vLLM 0.11.0 and Ray on nvidia/cuda:12.8.1-devel-ubuntu22.04); only the build
 # arguments given to make are passed on:
 #   make image IMAGE=/shared/vllm-hpc.sif VLLM_SPEC=vllm==0.11.0 BASE=...
-# Build arguments: BOOTSTRAP BASE VLLM_SPEC RAY_SPEC PIP_ARGS (see the definition).
+# Build arguments: BOOTSTRAP BASE VLLM_SPEC EXTRA_SPEC PIP_ARGS (see the definition).
+# By default every Python package comes from container/requirements.lock (hashes
+# required); a VLLM_SPEC given here replaces the lock, and the pins are then yours.
 # CA_BUNDLE=FILE trusts that CA bundle during the build only (TLS re-signing proxies).
 # BUILD_FLAGS adds apptainer build options: --fakeroot, --bind WHEELS:/mnt:ro, ...
 # PREFLIGHT=0 skips the reachability checks of the registry and the package index.
@@ -59,7 +66,7 @@ bench-quick: system venv
 # test bed's CPU vLLM, installed offline and exactly as locked; rebuilt only when
 # the definition, the lock, the project's sources or the base changed.
 IMAGE ?= vllm-hpc.sif
-IMAGE_ARGS := BOOTSTRAP BASE VLLM_SPEC RAY_SPEC PIP_ARGS
+IMAGE_ARGS := BOOTSTRAP BASE VLLM_SPEC EXTRA_SPEC PIP_ARGS
 CA_BUNDLE ?=
 BUILD_FLAGS ?=
 PREFLIGHT ?= 1
@@ -68,6 +75,7 @@ VLLM_HPC_TEST_IMAGE ?= $(BED_CACHE)/vllm-hpc-test.sif
 VLLM_HPC_BED_WHEELS ?= $(BED_CACHE)/wheels
 TEST_BASE := $(BED_CACHE)/base/debian-bookworm.sif
 TEST_IMAGE_INPUTS := $(DEF) tests/bed/requirements-cpu.lock pyproject.toml README.md \
+	container/requirements.lock $(wildcard tests/bed/cpu-platform/*) \
 	$(shell find entrypoint -type f -not -path '*/__pycache__/*' -not -path '*.egg-info/*' 2>/dev/null)
 # zstd level 1: mksquashfs of the 7 GB test root file system takes about 70 s on two
 # cores, against about 25 minutes with the default gzip.
@@ -108,6 +116,7 @@ image:
 	args=$$(mktemp); partial='$(IMAGE:.sif=).building.sif'; trap 'rm -f "$$args" "$$partial"' EXIT; \
 	$(foreach v,$(IMAGE_ARGS),$(if $(call given,$(v)),printf '%s\n' '$(v)=$($(v))' >>"$$args";)) \
 	echo "make image: building $(IMAGE) from $(DEF) (base $$bootstrap:$$base)"; \
+	$(if $(call given,VLLM_SPEC),echo "make image: NOTE: VLLM_SPEC replaces container/requirements.lock; this image's pins are yours to keep working";) \
 	start=$$(date +%s); \
 	apptainer build --force --build-arg-file "$$args" \
 	  $(if $(CA_BUNDLE),--bind $(abspath $(CA_BUNDLE)):/etc/ssl/certs/ca-certificates.crt:ro) \
@@ -126,15 +135,16 @@ $(VLLM_HPC_TEST_IMAGE): $(TEST_IMAGE_INPUTS) $(TEST_BASE) | apptainer venv
 	@set -euo pipefail; \
 	out='$@'; partial="$${out%.sif}.building.sif"; log="$${out%.sif}.build.log"; \
 	args=$$(mktemp); trap 'rm -f "$$args" "$$partial"' EXIT; \
-	printf '%s\n' BOOTSTRAP=localimage 'BASE=$(TEST_BASE)' 'VLLM_SPEC=-r /srv/requirements-cpu.lock' \
-	  RAY_SPEC= 'PIP_ARGS=--no-index --no-deps --find-links /mnt' >"$$args"; \
+	printf '%s\n' BOOTSTRAP=localimage 'BASE=$(TEST_BASE)' 'VLLM_SPEC=--require-hashes -r /srv/requirements-cpu.lock' \
+	  'EXTRA_SPEC=--no-build-isolation /srv/cpu-platform' \
+	  'PIP_ARGS=--no-index --no-deps --find-links /mnt' >"$$args"; \
 	echo "test-image: building $$out (full log: $$log)"; \
 	start=$$(date +%s); \
 	if ! apptainer build --force --build-arg-file "$$args" \
 	    --bind '$(VLLM_HPC_BED_WHEELS):/mnt:ro' --bind '$(CURDIR)/tests/bed:/srv:ro' \
 	    --mksquashfs-args '$(TEST_SQUASHFS)' "$$partial" $(DEF) 2>&1 \
 	    | $(call stamp_lines,test-image) | tee "$$log" \
-	    | grep --line-buffered -E '\] (INFO|FATAL|ERROR|\+ |Successfully installed vllm-hpc)'; then \
+	    | grep --line-buffered -E '\] (INFO|FATAL|ERROR|NOTE|\+ |Successfully installed vllm-hpc|vllm-hpc vllmcheck|ok   |FAIL )'; then \
 	  tail -n 40 "$$log" >&2; echo "test-image: build failed (full log: $$log)" >&2; exit 1; fi; \
 	mv -f "$$partial" "$$out"; \
 	echo "test-image: $$out, $$(du -h "$$out" | cut -f1), built in $$(( $$(date +%s) - start ))s"

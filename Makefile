@@ -136,7 +136,7 @@ $(VLLM_HPC_TEST_IMAGE): $(TEST_IMAGE_INPUTS) $(TEST_BASE) | apptainer venv
 	out='$@'; partial="$${out%.sif}.building.sif"; log="$${out%.sif}.build.log"; \
 	args=$$(mktemp); trap 'rm -f "$$args" "$$partial"' EXIT; \
 	printf '%s\n' BOOTSTRAP=localimage 'BASE=$(TEST_BASE)' 'VLLM_SPEC=--require-hashes -r /srv/requirements-cpu.lock' \
-	  'EXTRA_SPEC=--no-build-isolation /srv/cpu-platform' \
+	  EXTRA_SPEC=vllm-hpc-bed-cpu-platform \
 	  'PIP_ARGS=--no-index --no-deps --find-links /mnt' >"$$args"; \
 	echo "test-image: building $$out (full log: $$log)"; \
 	start=$$(date +%s); \

@@ -73,7 +73,9 @@ def _make_plan(options: ServeOptions, env: dict[str, str] | None = None) -> tupl
 
     environ = dict(os.environ if env is None else env)
     settings = read_settings(environ)
-    detected = _detect_gpus() if not (environ.get("SLURM_GPUS_ON_NODE") or "CUDA_VISIBLE_DEVICES" in environ) else None
+    # nvidia-smi only outside Slurm: inside, it also sees other jobs' GPUs.
+    outside = not (environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID"))
+    detected = _detect_gpus() if outside and "CUDA_VISIBLE_DEVICES" not in environ else None
     slurm = read_slurm_env(environ, local_hostname(), detected)
     network = choose_interface(read_interfaces(), options.interface or settings.interface, read_default_route())
     model = Path(options.model).expanduser()

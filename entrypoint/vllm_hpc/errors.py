@@ -20,6 +20,7 @@ EXIT_UNHEALTHY = 9  # the liveness check found a server that stopped generating
 EXIT_NO_JOB = 10  # status/wait/chat found no such job or no endpoint yet
 EXIT_JOB_FAILED = 11  # wait/status: the job failed or ended before it was ready
 EXIT_DOCTOR = 12  # doctor found a problem on this node
+EXIT_LAUNCH = 13  # not one task per node of a step: several tasks, outside srun, a host not in the job
 EXIT_SIGNALLED_BASE = 128  # stopped by a signal: 128 + signal number (SIGTERM: 143)
 
 
@@ -54,6 +55,10 @@ class ResourceError(VllmHpcError):
 
 class NetworkError(VllmHpcError):
     exit_code = EXIT_NETWORK
+
+
+class LaunchError(VllmHpcError):
+    exit_code = EXIT_LAUNCH
 
 
 class ClusterError(VllmHpcError):

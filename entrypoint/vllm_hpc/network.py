@@ -111,8 +111,13 @@ def port_is_free(ip: str, port: int) -> bool:
         try:
             sock.bind((ip, port))
         except OSError as err:
-            if err.errno in (errno.EADDRINUSE, errno.EACCES):
+            if err.errno == errno.EADDRINUSE:
                 return False
+            if err.errno == errno.EACCES:
+                raise NetworkError(
+                    f"port {port} on {ip} needs a privilege this user lacks (ports below 1024 do)",
+                    "choose a port of 1024 or above with --port",
+                ) from None
             if err.errno == errno.EADDRNOTAVAIL:
                 raise NetworkError(f"address {ip} is not on this node", "check --host and --interface") from None
             raise

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from .errors import ConfigError, ResourceError, UsageError
 from .network import NetworkChoice
 from .settings import SYMM_MEM_ALIAS, SYMM_MEM_REAL, Settings, ray_executable
-from .slurm import SlurmEnv
+from .slurm import SlurmEnv, check_launch
 
 # Unix socket paths are limited to 107 bytes and Ray appends about 64 characters.
 RAY_TMPDIR_MAX = 43
@@ -404,6 +404,7 @@ def build_plan(
 ) -> Plan:
     """Decide everything this node will do. Raises a VllmHpcError on bad input."""
     warnings: list[str] = []
+    check_launch(slurm)
     check_model(options.model, model_exists, model_has_config)
     if not model_exists:
         warnings.append(f"{options.model} is not a local directory: vLLM will look it up as a model hub id")

@@ -8,7 +8,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from .errors import ChildDiedError, ClusterError
+from .errors import ChildDiedError, ClusterError, ResourceError
 from .supervisor import Supervisor, wait_for
 
 
@@ -45,17 +45,26 @@ def read_nodes() -> list[RayNode]:
 
 
 def membership(nodes: list[RayNode], expected: tuple[str, ...], gpus_per_node: int) -> tuple[bool, str]:
-    """Pure: are all expected nodes alive in the cluster with their GPUs? And what is seen."""
+    """Pure: are all expected nodes alive in the cluster with their GPUs? And what is seen.
+
+    A node that joined with another GPU count than the leader's is refused at once:
+    tensor parallel = GPUs per node needs the same count everywhere, and Slurm's
+    --gpus=N may spread N unevenly (6 + 2).
+    """
     alive = {n.name: n for n in nodes if n.alive}
+    uneven = [f"{n.name} has {n.gpus:g}" for n in alive.values() if n.name in expected and n.gpus != gpus_per_node]
+    if uneven:
+        raise ResourceError(
+            f"the job's nodes have uneven GPU counts: {', '.join(uneven)}, the leader {gpus_per_node}"
+            " (tensor parallel = GPUs per node needs the same count on every node)",
+            "submit with --gpus-per-node=N or --gres=gpu:N instead of --gpus=N",
+        )
     missing = [name for name in expected if name not in alive]
-    short = [f"{n.name} has {n.gpus:g} GPUs" for n in alive.values() if n.name in expected and n.gpus < gpus_per_node]
     gpus = sum(n.gpus for n in alive.values() if n.name in expected)
     seen = f"{len(expected) - len(missing)}/{len(expected)} nodes, {gpus:g} GPUs"
     if missing:
         seen += f"; missing: {', '.join(missing)}"
-    if short:
-        seen += f"; {'; '.join(short)}"
-    return (not missing and not short), seen
+    return not missing, seen
 
 
 def wait_for_nodes(supervisor: Supervisor, expected: tuple[str, ...], gpus_per_node: int, deadline_s: float) -> float:

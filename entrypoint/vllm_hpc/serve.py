@@ -108,6 +108,9 @@ class NodeRun:
         command = self.plan.command(command_name)
         # vllm-hpc's own variables stay here: vLLM warns about VLLM_* names it does not know.
         base = {k: v for k, v in self.settings.base_env.items() if not k.startswith("VLLM_HPC_")}
+        if "RAY_AUTH_TOKEN_PATH" in self.plan.env:
+            # Ray prefers RAY_AUTH_TOKEN over the job's token file: an exported one must not win.
+            base.pop("RAY_AUTH_TOKEN", None)
         return resolve_env(base, self.plan.env, command.env, read_secret=lambda p: jobfiles.read_secret_file(p, "secret"))
 
     # -- secrets -------------------------------------------------------------
@@ -156,6 +159,7 @@ class NodeRun:
         # This process talks to Ray as a client too: it needs the same token settings.
         for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED"):
             os.environ[key] = str(plan.env[key])
+        os.environ.pop("RAY_AUTH_TOKEN", None)
         # Ray's default GCS reconnect time (60 s) stays: a shorter one makes Ray's core
         # worker end this process in the middle of a stop, when the head goes first.
         # Importing Ray takes seconds: do it while the head starts.
@@ -198,7 +202,7 @@ class NodeRun:
             "model_path": plan.model,
             "url": f"{base_url}/v1",
             "base_url": base_url,
-            "hostname_url": f"http://{plan.hostname}:{plan.port}/v1" if listens_everywhere else None,
+            "hostname_url": f"http://{self.slurm.host or plan.hostname}:{plan.port}/v1" if listens_everywhere else None,
             "host": plan.host,
             "port": plan.port,
             "node": plan.hostname,

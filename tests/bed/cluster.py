@@ -8,6 +8,10 @@ joined to a bridge in the root namespace:
 - ``eth0``, the management address; the node's hostname resolves to it (each host
   sees a private ``/etc/hosts`` listing every host's management address, and
   ``<node>-ib`` names for the fabric addresses);
+
+A node's hostname is not its Slurm name, as on clusters whose slurm.conf sets
+``NodeHostname`` (cloud and many vendor clusters): Slurm knows ``gpu01``, whose
+``hostname`` says ``host-gpu01`` (:meth:`Layout.hostname`).
 - ``ib0``, the fabric address, on a different subnet.
 
 No default route. Each node has a private ``/tmp`` and ``/dev/shm``; paths listed in
@@ -135,6 +139,10 @@ class Layout:
     def fabric_net(self) -> str:
         return f"{NET_PREFIX}.{2 * self.slot + 1}"
 
+    def hostname(self, host: str) -> str:
+        """What ``hostname`` prints on a host: a node's differs from its Slurm name."""
+        return host if host == CONTROLLER else f"host-{host}"
+
     def host_index(self, host: str) -> int:
         """0 for the controller, 1.. for nodes."""
         return self.hosts.index(host)
@@ -182,7 +190,7 @@ class Layout:
 
 def build_hosts_file(layout: Layout) -> str:
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    lines += [f"{layout.mgmt_ip(h)}\t{h}" for h in layout.hosts]
+    lines += [f"{layout.mgmt_ip(h)}\t{' '.join(dict.fromkeys([layout.hostname(h), h]))}" for h in layout.hosts]
     lines += [f"{layout.fabric_ip(n)}\t{n}-ib" for n in layout.node_names]
     return "\n".join(lines) + "\n"
 
@@ -191,7 +199,7 @@ def build_slurm_conf(layout: Layout, cpus_per_node: int, memory_mb: int) -> str:
     r = layout.root
     gres = f" Gres=gpu:{layout.gpus_per_node}" if layout.gpus_per_node else ""
     node_lines = [
-        f"NodeName={n} NodeAddr={layout.mgmt_ip(n)} NodeHostname={n} CPUs={cpus_per_node} "
+        f"NodeName={n} NodeAddr={layout.mgmt_ip(n)} NodeHostname={layout.hostname(n)} CPUs={cpus_per_node} "
         f"Boards=1 SocketsPerBoard=1 CoresPerSocket={cpus_per_node} ThreadsPerCore=1 "
         f"RealMemory={memory_mb}{gres} State=UNKNOWN"
         for n in layout.node_names
@@ -262,7 +270,7 @@ def build_host_command(layout: Layout, host: str, python: str, script: Path,
                        daemon: Sequence[str], shared: Sequence[Path]) -> list[str]:
     """The command that starts one emulated host: enter its network namespace, make
     fresh PID/UTS/mount/IPC namespaces, run this module's init as PID 1 there."""
-    init = [python, str(script), "_init", "--root", str(layout.root), "--hostname", host,
+    init = [python, str(script), "_init", "--root", str(layout.root), "--hostname", layout.hostname(host),
             "--hosts-file", str(layout.conf_dir / "hosts"),
             "--tmp", str(layout.host_dir(host) / "tmp")]
     for path in shared:
@@ -442,6 +450,9 @@ class Cluster:
 
     def fabric_ip(self, node: str) -> str:
         return self._layout().fabric_ip(node)
+
+    def hostname(self, node: str) -> str:
+        return self._layout().hostname(node)
 
     def _layout(self) -> Layout:
         if self.layout is None:

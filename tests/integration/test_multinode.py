@@ -17,7 +17,7 @@ from helpers import BIN, REPO, STANDIN_ENV, all_cmdlines, job_env, job_home, job
 pytestmark = pytest.mark.integration
 
 
-def start_job(cluster, name, nodes, tiny_model, extra_serve=(), sbatch_extra=(), gpus=4, env_extra=None):
+def start_job(cluster, name, nodes, tiny_model, extra_serve=(), sbatch_extra=(), gpus=4, env_extra=None, gpu_flag="--gpus-per-node={}"):
     home = job_home(name)
     env = job_env(cluster, home, **STANDIN_ENV)
     env.update(env_extra or {})
@@ -26,7 +26,7 @@ def start_job(cluster, name, nodes, tiny_model, extra_serve=(), sbatch_extra=(),
     job = submit(
         cluster,
         "multinode.sbatch",
-        [f"--nodes={nodes}", f"--gpus-per-node={gpus}", *sbatch_extra],
+        [f"--nodes={nodes}", gpu_flag.format(gpus), *sbatch_extra],
         ["--model", tiny_model, "--served-model-name", "tiny", "--liveness-interval", "2", *extra_serve],
         env,
         out,
@@ -42,11 +42,20 @@ def key_of(status):
         return handle.read().strip()
 
 
+# As users submit: GPUs per node as --gpus-per-node or as --gres (the script names
+# neither), and a --ntasks-per-node on the sbatch line, which the script overrides to
+# one task per node. Every node's hostname differs from its Slurm name on the bed.
+SUBMISSIONS = {
+    "cluster2": {"sbatch_extra": ("--ntasks-per-node=2",)},
+    "cluster3": {"gpu_flag": "--gres=gpu:{}"},
+}
+
+
 @pytest.mark.parametrize("cluster_name", ["cluster2", "cluster3"])
 def test_multinode_job_serves_over_ray_on_ib0(cluster_name, request, tiny_model):
     c = request.getfixturevalue(cluster_name)
     n = len(c.node_names)
-    job, env, home, out, status = start_job(c, cluster_name, n, tiny_model)
+    job, env, home, out, status = start_job(c, cluster_name, n, tiny_model, **SUBMISSIONS[cluster_name])
     try:
         endpoint = status["endpoint"]
         leader_ip = c.fabric_ip("gpu01")
@@ -66,10 +75,15 @@ def test_multinode_job_serves_over_ray_on_ib0(cluster_name, request, tiny_model)
             assert ip != c.mgmt_ip(node)
             assert len(by_ip[ip]) == 4
             for rank in by_ip[ip]:
-                assert rank["hostname"] == node
+                assert rank["hostname"] == c.hostname(node)  # not its Slurm name
                 assert rank["env"]["VLLM_HOST_IP"] == ip
                 assert rank["env"]["NCCL_SOCKET_IFNAME"] == "ib0"
                 assert rank["env"]["GLOO_SOCKET_IFNAME"] == "ib0"
+
+        # One vllm-hpc per node, whatever --ntasks-per-node the sbatch line gave.
+        for node in c.node_names:
+            serves = [cmd for _, cmd in c.node_processes(node) if "vllm-hpc serve" in cmd]
+            assert len(serves) == 1, (node, serves)
 
         # The leader launched the server with TP 4 x PP n over the Ray executor.
         server = [cmd for _, cmd in c.node_processes("gpu01") if "standin_vllm" in cmd and "-m" in cmd]

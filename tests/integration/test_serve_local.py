@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from helpers import LocalServer, all_cmdlines, descendants_gone, vllm_hpc
+from helpers import SHIPPED_VLLM, LocalServer, all_cmdlines, descendants_gone, served_vllm_version, vllm_hpc
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +49,7 @@ def test_ready_means_endpoint_file(server):
     assert endpoint["url"] == f"http://127.0.0.1:{server.port}/v1"
     assert endpoint["model"] == "tiny"
     assert endpoint["api_key_file"] == str(server.job_dir / "api-key")
+    assert served_vllm_version(server.job_dir) == SHIPPED_VLLM
 
 
 def test_models_lists_served_name(server):

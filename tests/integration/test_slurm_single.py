@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from helpers import job_env, job_home, job_processes, submit, wait_ready, wait_until
+from helpers import SHIPPED_VLLM, job_env, job_home, job_processes, served_vllm_version, submit, wait_ready, wait_until
 from test_serve_local import SEED_REQUEST
 
 pytestmark = pytest.mark.integration
@@ -28,6 +28,7 @@ def test_single_node_job_serves_the_seed_request(cluster2, tiny_model):
         node = endpoint["node"]
         assert endpoint["url"].startswith(f"http://{c.fabric_ip(node)}:")
         assert (endpoint["tensor_parallel_size"], endpoint["pipeline_parallel_size"]) == (1, 1)
+        assert served_vllm_version(home / "jobs" / str(job)) == SHIPPED_VLLM
         key = open(endpoint["api_key_file"]).read().strip()
         headers = {"Authorization": f"Bearer {key}"}
         models = requests.get(f"{endpoint['url']}/models", headers=headers, timeout=30).json()

@@ -44,7 +44,8 @@ def test_help_lists_commands():
 
 
 def test_plan_json_for_a_worker(tmp_path, model):
-    env = clean_env(tmp_path, SLURM_JOB_ID="55", SLURM_NODEID="1", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu[01-02]", SLURM_GPUS_ON_NODE="2")
+    env = clean_env(tmp_path, SLURM_JOB_ID="55", SLURM_NODEID="1", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu[01-02]", SLURM_GPUS_ON_NODE="2",
+                    SLURM_STEP_ID="0", SLURMD_NODENAME="gpu02")
     result = run("plan", "--model", model, "--interface", "lo", "--json", env=env)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

@@ -21,6 +21,7 @@ def job_env(rank=0, nodes="gpu[01-02]", count=2, gpus="4", **extra):
         "SLURM_JOB_NUM_NODES": str(count),
         "SLURM_JOB_NODELIST": nodes,
         "SLURM_GPUS_ON_NODE": gpus,
+        "SLURM_STEP_ID": "0",  # under srun, as the sbatch scripts run it
     }
     env.update(extra)
     return env

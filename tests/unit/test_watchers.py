@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from vllm_hpc.errors import ChildDiedError
+from vllm_hpc.errors import ChildDiedError, ResourceError
 from vllm_hpc.raycluster import PortWatcher, membership, RayNode
 from vllm_hpc.supervisor import Reporter, Supervisor
 
@@ -28,9 +28,18 @@ def test_port_watcher_names_the_node_that_stops_answering():
     assert "gpu02" in supervisor.failure.problem and time.monotonic() - t0 < 2
 
 
-def test_membership_lists_missing_nodes_and_short_gpus():
-    nodes = [RayNode("gpu01", "10.0.0.1", True, 4), RayNode("gpu02", "10.0.0.2", False, 4), RayNode("gpu03", "10.0.0.3", True, 2)]
+def test_membership_lists_missing_nodes():
+    nodes = [RayNode("gpu01", "10.0.0.1", True, 4), RayNode("gpu02", "10.0.0.2", False, 4)]
     done, seen = membership(nodes, ("gpu01", "gpu02", "gpu03"), 4)
     assert not done
-    assert "missing: gpu02" in seen and "gpu03 has 2 GPUs" in seen
+    assert seen == "1/3 nodes, 4 GPUs; missing: gpu02, gpu03"
     assert membership(nodes[:1], ("gpu01",), 4) == (True, "1/1 nodes, 4 GPUs")
+
+
+def test_membership_refuses_uneven_gpus_as_soon_as_the_node_joins():
+    """--gpus=8 over 2 nodes may give 6 + 2: the leader says so when the node joins, not at the deadline."""
+    nodes = [RayNode("gpu01", "10.0.0.1", True, 6), RayNode("gpu02", "10.0.0.2", True, 2)]
+    with pytest.raises(ResourceError) as err:
+        membership(nodes, ("gpu01", "gpu02", "gpu03"), 6)
+    assert "uneven GPU counts: gpu02 has 2, the leader 6" in err.value.one_line()
+    assert err.value.exit_code == 4

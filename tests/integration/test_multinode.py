@@ -82,7 +82,7 @@ def test_multinode_job_serves_over_ray_on_ib0(cluster_name, request, tiny_model)
 
         # One vllm-hpc per node, whatever --ntasks-per-node the sbatch line gave.
         for node in c.node_names:
-            serves = [cmd for _, cmd in c.node_processes(node) if "vllm-hpc serve" in cmd]
+            serves = [cmd for _, cmd in serving_processes(c, node) if "/bin/vllm-hpc serve " in cmd]
             assert len(serves) == 1, (node, serves)
 
         # The leader launched the server with TP 4 x PP n over the Ray executor.

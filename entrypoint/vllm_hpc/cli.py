@@ -80,7 +80,9 @@ def _make_plan(options: ServeOptions, env: dict[str, str] | None = None) -> tupl
     network = choose_interface(read_interfaces(), options.interface or settings.interface, read_default_route())
     model = Path(options.model).expanduser()
     exists = model.is_dir()
-    plan = build_plan(options, settings, slurm, network, exists, (model / "config.json").is_file(), time.time())
+    config = model / "config.json"
+    dangling = os.readlink(config) if config.is_symlink() and not config.exists() else None
+    plan = build_plan(options, settings, slurm, network, exists, config.is_file(), time.time(), dangling)
     return plan, settings, slurm
 
 
@@ -97,35 +99,54 @@ def _detect_gpus() -> int | None:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def _check_ports(plan: Plan, options: ServeOptions) -> tuple[ServeOptions, str | None]:
-    """Refuse ports in use; a server port we chose ourselves moves to a free one instead."""
+def _check_ports(plan: Plan, settings: Any, options: ServeOptions) -> tuple[ServeOptions, dict[str, str], list[str]]:
+    """Ports in use: Ray's block moves to the next free one (unless VLLM_HPC_PORT_BASE
+    chose it), and a server port we chose ourselves moves to a free one.
+
+    Returns the options and environment to plan again with, and what moved.
+    """
     from .network import port_is_free
+    from .plan import block_ports, next_port_blocks, owned_ports, port_block
+    from .settings import ENV_PORT_BASE
 
     bind_ip = plan.node_ip
-    owned = {name: port for name, port in plan.ports.items() if name not in ("server", "ray_min_worker", "ray_max_worker")}
-    if plan.role == "worker":
-        owned.pop("ray_gcs", None)
-        owned.pop("ray_client_server", None)
-        for head_only in ("ray_dashboard", "ray_autoscaler_metrics", "ray_dashboard_metrics"):
-            owned.pop(head_only, None)
-    for name, port in owned.items():
-        if not port_is_free(bind_ip, port):
+    env_change: dict[str, str] = {}
+    moved: list[str] = []
+
+    def busy(ports: dict[str, int]) -> list[str]:
+        return [f"{port} ({name})" for name, port in ports.items() if not port_is_free(bind_ip, port)]
+
+    in_use = busy(owned_ports(plan.role, plan.ports))
+    if in_use:
+        if settings.port_base is not None:
             raise NetworkError(
-                f"port {port} ({name}) on {bind_ip} is already in use on {plan.hostname}",
-                "set VLLM_HPC_PORT_BASE to the start of a free block of 100 ports",
+                f"port {in_use[0]} on {bind_ip} is already in use on {plan.hostname}",
+                "set VLLM_HPC_PORT_BASE to the start of a free block of 100 ports, or unset it to let vllm-hpc find one",
             )
+        first = port_block(plan.job_id, None)
+        for block in next_port_blocks(first):
+            if not busy(owned_ports(plan.role, block_ports(block))):
+                env_change[ENV_PORT_BASE] = str(block)
+                moved.append(f"port {in_use[0]} of the job's block {first} is in use on this node; using block {block}")
+                break
+        else:
+            raise NetworkError(f"no free block of 100 ports on {bind_ip}", "set VLLM_HPC_PORT_BASE to a free block")
     if plan.role == "worker":
-        return options, None
+        return options, env_change, moved
     host = plan.host if plan.host not in ("0.0.0.0", "::") else "0.0.0.0"
-    if port_is_free(host, plan.port):
-        return options, None
+    port = int(env_change.get(ENV_PORT_BASE, 0)) or plan.port
+    if plan.port_explicit:
+        port = plan.port
+    if port_is_free(host, port):
+        return options, env_change, moved
     if plan.port_explicit:
         raise NetworkError(f"port {plan.port} on {host} is already in use on {plan.hostname}", "choose another with --port")
-    for candidate in range(plan.port + 1, plan.port + 200):
-        if port_is_free(host, candidate) and candidate not in plan.ports.values():
-            options = dataclasses.replace(options, port=candidate)
-            return options, f"port {plan.port} is in use; serving on {candidate} instead"
-    raise NetworkError(f"no free port near {plan.port} on {host}", "choose one with --port")
+    taken = set(block_ports(port).values()) if env_change else set(plan.ports.values())
+    for candidate in range(port + 1, port + 200):
+        if port_is_free(host, candidate) and candidate not in taken:
+            moved.append(f"port {port} is in use; serving on {candidate} instead")
+            return dataclasses.replace(options, port=candidate), env_change, moved
+    raise NetworkError(f"no free port near {port} on {host}", "choose one with --port")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -153,15 +174,15 @@ def serve(**kwargs: Any) -> None:
 
     options = _options_from(kwargs)
     plan, settings, slurm = _make_plan(options)
-    options, moved = _check_ports(plan, options)
+    options, env_change, moved = _check_ports(plan, settings, options)
     if moved:
-        plan, settings, slurm = _make_plan(options)
+        plan, settings, slurm = _make_plan(options, {**os.environ, **env_change})
     from .jobfiles import make_private_dir
 
     make_private_dir(plan.paths.log_dir)
     reporter = stderr_reporter(f"{plan.hostname}/{plan.role}", f"{plan.paths.log_dir}/vllm-hpc.log")
-    if moved:
-        reporter.say(f"warning: {moved}")
+    for change in moved:
+        reporter.say(f"warning: {change}")
     for warning in plan.warnings:
         reporter.say(f"warning: {warning}")
     reporter.say(

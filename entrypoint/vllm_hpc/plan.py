@@ -218,7 +218,9 @@ class Plan:
         }
 
 
-LEADER_IP_PLACEHOLDER = "<leader fabric ip>"
+# A worker learns the leader's address and Ray port from leader.json at run time: the
+# leader may have moved to another port block than the job id's.
+LEADER_ADDRESS_PLACEHOLDER = "<leader fabric ip>:<leader Ray port>"
 
 
 def port_block(job_id: str, base: int | None) -> int:
@@ -228,6 +230,21 @@ def port_block(job_id: str, base: int | None) -> int:
     return PORT_BLOCK_START + (int(digits) % PORT_BLOCK_COUNT) * PORT_BLOCK_SIZE
 
 
+def next_port_blocks(first: int) -> list[int]:
+    """The other blocks, in the order a node tries them when ``first`` is busy."""
+    index = (first - PORT_BLOCK_START) // PORT_BLOCK_SIZE
+    return [PORT_BLOCK_START + ((index + k) % PORT_BLOCK_COUNT) * PORT_BLOCK_SIZE for k in range(1, PORT_BLOCK_COUNT)]
+
+
+def owned_ports(role: str, ports: dict[str, int]) -> dict[str, int]:
+    """The fixed ports this node's Ray binds (the server's port is checked on its own)."""
+    owned = {name: port for name, port in ports.items() if name not in ("server", "ray_min_worker", "ray_max_worker")}
+    if role == "worker":
+        for head_only in ("ray_gcs", "ray_client_server", "ray_dashboard", "ray_autoscaler_metrics", "ray_dashboard_metrics"):
+            owned.pop(head_only, None)
+    return owned
+
+
 def block_ports(first: int) -> dict[str, int]:
     ports = {name: first + offset for name, offset in PORT_OFFSETS.items()}
     ports["ray_min_worker"] = first + WORKER_PORT_FIRST
@@ -235,16 +252,32 @@ def block_ports(first: int) -> dict[str, int]:
     return ports
 
 
-def check_model(model: str, exists: bool, has_config: bool) -> None:
-    """``exists``/``has_config`` are observations of the file system made by the caller."""
+def check_model(model: str, exists: bool, has_config: bool, config_link: str | None = None,
+                container: str | None = None) -> None:
+    """``exists``/``has_config`` are observations of the file system made by the caller;
+    ``config_link`` is where config.json points when it is a link that does not resolve;
+    ``container`` the image this runs in (APPTAINER_CONTAINER), if any."""
     if exists and has_config:
         return
+    inside = f" inside the container {container}" if container else " on this node"
+    if exists and config_link:
+        raise ConfigError(
+            f"{model}/config.json is a link to {config_link}, which is not visible{inside}",
+            "make the link targets visible too: for a Hugging Face cache snapshot, bind the whole models--ORG--NAME"
+            " directory (apptainer --bind DIR; the sbatch scripts do this for --model)",
+        )
     if exists:
         raise ConfigError(
             f"model directory {model} has no config.json",
             "point --model at the directory that holds config.json and the weights",
         )
     looks_local = model.startswith(("/", ".", "~")) or not HUB_ID.match(model)
+    if looks_local and container:
+        raise ConfigError(
+            f"model path {model} is not visible{inside} (Apptainer binds only $HOME, the current directory and /tmp"
+            " by default)",
+            f"bind it: apptainer run --bind {model} ... (or its parent directory), or VLLM_HPC_BIND with the sbatch scripts",
+        )
     if looks_local:
         raise ConfigError(
             f"model path {model} does not exist on {'this node'}",
@@ -351,7 +384,7 @@ def build_vllm_argv(settings: Settings, options: ServeOptions, host: str, port: 
     return tuple(argv)
 
 
-def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str, gpus: int, tmpdir: str, hostname: str, head: bool, leader_ip: str) -> tuple[str, ...]:
+def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str, gpus: int, tmpdir: str, hostname: str, head: bool, leader_address: str) -> tuple[str, ...]:
     argv = ray_executable(settings.python) + ["start", "--block"]
     if head:
         argv += [
@@ -363,7 +396,7 @@ def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str,
             "--include-dashboard=false",
         ]  # fmt: skip
     else:
-        argv += ["--address", f"{leader_ip}:{plan_ports['ray_gcs']}"]
+        argv += ["--address", leader_address]
     argv += [
         "--node-ip-address", node_ip,
         "--node-name", hostname,
@@ -401,11 +434,12 @@ def build_plan(
     model_exists: bool,
     model_has_config: bool,
     now: float,
+    model_config_link: str | None = None,
 ) -> Plan:
     """Decide everything this node will do. Raises a VllmHpcError on bad input."""
     warnings: list[str] = []
     check_launch(slurm)
-    check_model(options.model, model_exists, model_has_config)
+    check_model(options.model, model_exists, model_has_config, model_config_link, settings.container)
     if not model_exists:
         warnings.append(f"{options.model} is not a local directory: vLLM will look it up as a model hub id")
     check_extra_args(options.extra_args)
@@ -461,7 +495,7 @@ def build_plan(
                 "RAY_USAGE_STATS_ENABLED": "0",
             }
         )
-        leader_ip = network.ip if role == "leader" else LEADER_IP_PLACEHOLDER
+        leader_address = f"{network.ip}:{ports['ray_gcs']}" if role == "leader" else LEADER_ADDRESS_PLACEHOLDER
         ray_env: dict[str, str | Secret] = {
             # A stop that reaches every process at once (scancel) would otherwise wait
             # 30 s for a drain; a loaded node needs longer than 30 s to register its agent.
@@ -487,7 +521,7 @@ def build_plan(
         commands.append(
             Command(
                 ray_name,
-                build_ray_argv(settings, ports, network.ip, slurm.gpus_on_node, ray_tmpdir, slurm.hostname, role == "leader", leader_ip),
+                build_ray_argv(settings, ports, network.ip, slurm.gpus_on_node, ray_tmpdir, slurm.hostname, role == "leader", leader_address),
                 ray_env,
                 f"{paths.log_dir}/{ray_name}.log",
             )

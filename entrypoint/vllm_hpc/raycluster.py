@@ -18,6 +18,7 @@ class RayNode:
     ip: str
     alive: bool
     gpus: float
+    port: int = 0  # the raylet's (node manager's) port
 
 
 def connect(address: str, node_ip: str) -> None:
@@ -39,6 +40,7 @@ def read_nodes() -> list[RayNode]:
             ip=str(n.get("NodeManagerAddress")),
             alive=bool(n.get("Alive")),
             gpus=float((n.get("Resources") or {}).get("GPU", 0)),
+            port=int(n.get("NodeManagerPort") or 0),
         )
         for n in ray.nodes()
     ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import jobfiles
 from .errors import ChildDiedError, ClusterError, JobFailedError, Signalled, VllmHpcError
-from .plan import LEADER_IP_PLACEHOLDER, Plan, ServeOptions
+from .plan import LEADER_ADDRESS_PLACEHOLDER, Plan, ServeOptions
 from .readiness import LivenessWatcher, probe_url, wait_for_ready
 from .settings import ENV_API_KEY, Settings
 from .slurm import SlurmEnv
@@ -188,7 +188,8 @@ class NodeRun:
         # must win so that a stop stops the server and Ray in order.
         self.supervisor.install_signal_handlers()
         wait_for_nodes(self.supervisor, plan.nodes, plan.gpus_per_node, plan.deadlines.join)
-        workers = {n.name: (n.ip, plan.ports["ray_node_manager"]) for n in read_nodes() if n.alive and n.name != plan.hostname}
+        # Each worker's own port: a node whose block was busy moved to another.
+        workers = {n.name: (n.ip, n.port) for n in read_nodes() if n.alive and n.name != plan.hostname}
         for watcher in (NodeWatcher(self.supervisor, plan.nodes), PortWatcher(self.supervisor, workers)):
             watcher.start()
             self.watchers.append(watcher)
@@ -225,7 +226,7 @@ class NodeRun:
         plan = self.plan
         leader = self._wait_for_leader()
         command = plan.command("ray-worker")
-        argv = tuple(a.replace(LEADER_IP_PLACEHOLDER, leader["ip"]) for a in command.argv)
+        argv = tuple(a.replace(LEADER_ADDRESS_PLACEHOLDER, f"{leader['ip']}:{leader['ray_gcs']}") for a in command.argv)
         live_command = dataclasses.replace(command, argv=argv)
         env = self._env("ray-worker")
         jobfiles.read_secret_file(plan.paths.ray_token, "Ray token")

@@ -48,6 +48,7 @@ class Settings:
     join_timeout: float | None
     ready_timeout: float | None
     ray_start_args: tuple[str, ...]  # a site's extra `ray start` options, e.g. --object-store-memory
+    container: str | None  # the Apptainer image this runs in (APPTAINER_CONTAINER), if any
     # The environment children start from; vllm-hpc adds to it, never edits the user's NCCL_* values.
     base_env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
@@ -92,6 +93,7 @@ def read_settings(env: Mapping[str, str]) -> Settings:
         join_timeout=_number(env, ENV_JOIN_TIMEOUT),
         ready_timeout=_number(env, ENV_READY_TIMEOUT),
         ray_start_args=_split_args(env, ENV_RAY_START_ARGS),
+        container=env.get("APPTAINER_CONTAINER") or env.get("SINGULARITY_CONTAINER") or None,
         base_env=dict(env),
     )
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 import time
 
 import pytest
 
-from helpers import REPO, STANDIN_ENV, VLLM_HPC, job_env, job_home, serving_processes, submit, wait_until
+from helpers import REPO, STANDIN_ENV, VLLM_HPC, job_env, job_home, serving_processes, submit, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,4 +91,38 @@ def test_uneven_gpus_fail_the_job_when_the_nodes_join(cluster2, tiny_model):
         assert took < 120, "the leader should refuse as soon as the nodes join"
     finally:
         c.slurm(["scancel", str(job)], check=False)
+        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
+
+
+LISTEN = "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); print('listening', flush=True); time.sleep(600)"
+
+
+def test_a_busy_port_block_moves_each_node_to_a_free_one(cluster2, tiny_model):
+    """Another program holds the leader's Ray port and a worker's raylet port: the job moves on."""
+    from vllm_hpc.plan import port_block
+
+    c = cluster2
+    home = job_home("busy-ports")
+    env = job_env(c, home, **STANDIN_ENV)
+    out = home / "job.out"
+    job = submit(c, "multinode.sbatch", ["--nodes=2", "--gpus-per-node=4", "--hold"], ["--model", tiny_model, "--served-model-name", "tiny"], env, out)
+    first = port_block(str(job), None)
+    holders = [subprocess.Popen(c.node_command(node, [sys.executable, "-c", LISTEN, c.fabric_ip(node), str(first + offset)]),
+                                stdout=subprocess.PIPE, text=True)
+               for node, offset in (("gpu01", 1), ("gpu02", 2))]  # the head's GCS port; the worker's raylet port
+    try:
+        assert all(h.stdout.readline().strip() == "listening" for h in holders)
+        c.slurm(["scontrol", "release", str(job)])
+        status = wait_ready(job, env, out)
+        text = out.read_text()
+        assert f"port {first + 1} (ray_gcs) of the job's block {first} is in use on this node; using block" in text, text
+        assert f"port {first + 2} (ray_node_manager) of the job's block {first} is in use on this node; using block" in text, text
+        leader = json.loads((home / "jobs" / str(job) / "leader.json").read_text())
+        assert leader["ray_gcs"] != first + 1
+        assert status["endpoint"]["url"].startswith(f"http://{c.fabric_ip('gpu01')}:")
+    finally:
+        c.slurm(["scancel", str(job)], check=False)
+        for h in holders:
+            h.kill()
+            h.wait()
         wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)

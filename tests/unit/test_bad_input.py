@@ -42,6 +42,8 @@ CASES = [
     ("several tasks per node", ["serve", "--model", "MODEL", "--interface", "lo"], {**JOB, "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}, 13, ["2 tasks of this step run on one node", "--ntasks-per-node=1"]),
     ("multi-node serve outside srun", ["serve", "--model", "MODEL", "--interface", "lo"], BATCH, 13, ["outside any srun step", "srun --ntasks-per-node=1"]),
     ("host not in the job's nodes", ["serve", "--model", "MODEL", "--interface", "lo"], {**JOB, "SLURMD_NODENAME": "login1"}, 13, ["this host (login1) is not one of the job's nodes (gpu01, gpu02)", "srun"]),
+    ("model not visible in the container", ["plan", "--model", "/no/such/model"], {"APPTAINER_CONTAINER": "/images/vllm-hpc.sif"}, 3, ["not visible inside the container /images/vllm-hpc.sif", "--bind /no/such/model"]),
+    ("model config.json a broken link", ["plan", "--model", "SNAPSHOT"], {}, 3, ["config.json is a link to ../../blobs/", "models--ORG--NAME"]),
     ("privileged port", ["serve", "--model", "MODEL", "--interface", "lo", "--host", "127.0.0.1", "--port", "80", "--no-api-key"], {"NOPRIV": "1"}, 5, ["port 80 on 127.0.0.1 needs a privilege", "1024 or above"]),
 ]
 
@@ -55,7 +57,11 @@ def files(tmp_path):
     key = tmp_path / "key"
     key.write_text("secret-key-value\n")
     key.chmod(0o644)
-    return {"MODEL": str(model), "EMPTY": str(tmp_path / "empty"), "OPENKEY": str(key)}
+    # A Hugging Face cache snapshot whose blobs are not visible (not bound into a container).
+    snapshot = tmp_path / "models--org--tiny" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").symlink_to("../../blobs/0f1e2d")
+    return {"MODEL": str(model), "EMPTY": str(tmp_path / "empty"), "OPENKEY": str(key), "SNAPSHOT": str(snapshot)}
 
 
 @pytest.mark.parametrize("name, args, env_extra, code, words", CASES, ids=[c[0] for c in CASES])

@@ -4,7 +4,7 @@ import pytest
 
 from vllm_hpc.errors import ConfigError, ResourceError, UsageError
 from vllm_hpc.network import NetworkChoice
-from vllm_hpc.plan import LEADER_IP_PLACEHOLDER, Secret, ServeOptions, build_plan, port_block, render_plan
+from vllm_hpc.plan import LEADER_ADDRESS_PLACEHOLDER, Secret, ServeOptions, build_plan, port_block, render_plan
 from vllm_hpc.settings import read_settings
 from vllm_hpc.slurm import read_slurm_env
 
@@ -66,7 +66,8 @@ def test_worker_plan_joins_the_leader():
     assert plan.role == "worker" and plan.node_rank == 1
     assert [c.name for c in plan.commands] == ["ray-worker"]
     argv = plan.commands[0].argv
-    assert argv[argv.index("--address") + 1] == f"{LEADER_IP_PLACEHOLDER}:{plan.ports['ray_gcs']}"
+    # The leader's address and Ray port come from leader.json: the leader may have moved blocks.
+    assert argv[argv.index("--address") + 1] == LEADER_ADDRESS_PLACEHOLDER
     assert "--head" not in argv
     assert plan.commands[0].env["RAY_gcs_rpc_server_reconnect_timeout_s"] == "10"
 
@@ -173,3 +174,16 @@ def test_api_key_modes():
 def test_site_ray_start_args_are_appended():
     plan = make(env=job_env(VLLM_HPC_RAY_START_ARGS="--object-store-memory 200000000 --resources '{\"x\": 1}'"))
     assert plan.command("ray-head").argv[-4:] == ("--object-store-memory", "200000000", "--resources", '{"x": 1}')
+
+
+def test_next_port_blocks_wrap_and_skip_the_first():
+    from vllm_hpc.plan import PORT_BLOCK_COUNT, next_port_blocks, owned_ports, block_ports
+
+    first = port_block("7001", None)
+    blocks = next_port_blocks(first)
+    assert len(blocks) == PORT_BLOCK_COUNT - 1 and first not in blocks
+    assert blocks[0] == first + 100 or blocks[0] == 10000
+    assert all(10000 <= b <= 31900 for b in blocks)
+    # A worker binds no head-only port; the head binds its GCS port.
+    assert "ray_gcs" not in owned_ports("worker", block_ports(first))
+    assert owned_ports("leader", block_ports(first))["ray_gcs"] == first + 1

@@ -406,7 +406,9 @@ class Cluster:
     """A Slurm cluster of ``nodes`` emulated nodes under ``root`` (see module doc)."""
 
     def __init__(self, root: Path, nodes: int = 2, gpus_per_node: int = 4, *,
-                 cpus_per_node: int = 8, memory_mb: int = 8192,
+                 # Declared, not real (SlurmdParameters=config_overrides): room for the
+                 # sbatch scripts' 4 CPUs and 32 GB per GPU on every fake GPU.
+                 cpus_per_node: int = 32, memory_mb: int = 262144,
                  shared: Sequence[Path] = (), node_prefix: str = "gpu",
                  log: Callable[[str], None] = log_to_stderr,
                  start_timeout: float = 60.0) -> None:

@@ -80,6 +80,10 @@ def test_multinode_job_serves_over_ray_on_ib0(cluster_name, request, tiny_model)
                 assert rank["env"]["NCCL_SOCKET_IFNAME"] == "ib0"
                 assert rank["env"]["GLOO_SOCKET_IFNAME"] == "ib0"
 
+        # The script's CPUs and memory per GPU: 4 GPUs x 4 CPUs on every node.
+        info = c.slurm(["scontrol", "show", "job", "-o", str(job)]).stdout
+        assert f"NumCPUs={16 * n} " in info and "MemPerTres=gres:gpu:32768" in info, info
+
         # One vllm-hpc per node, whatever --ntasks-per-node the sbatch line gave.
         for node in c.node_names:
             serves = [cmd for _, cmd in serving_processes(c, node) if "/bin/vllm-hpc serve " in cmd]

@@ -94,7 +94,8 @@ def test_uneven_gpus_fail_the_job_when_the_nodes_join(cluster2, tiny_model):
         wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
 
 
-LISTEN = "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); print('listening', flush=True); time.sleep(600)"
+# Holds a port until its standard input closes (nsenter's own death would leave it running).
+LISTEN = "import socket, sys; s = socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); print('listening', flush=True); sys.stdin.read()"
 
 
 def test_a_busy_port_block_moves_each_node_to_a_free_one(cluster2, tiny_model):
@@ -108,7 +109,7 @@ def test_a_busy_port_block_moves_each_node_to_a_free_one(cluster2, tiny_model):
     job = submit(c, "multinode.sbatch", ["--nodes=2", "--gpus-per-node=4", "--hold"], ["--model", tiny_model, "--served-model-name", "tiny"], env, out)
     first = port_block(str(job), None)
     holders = [subprocess.Popen(c.node_command(node, [sys.executable, "-c", LISTEN, c.fabric_ip(node), str(first + offset)]),
-                                stdout=subprocess.PIPE, text=True)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                for node, offset in (("gpu01", 1), ("gpu02", 2))]  # the head's GCS port; the worker's raylet port
     try:
         assert all(h.stdout.readline().strip() == "listening" for h in holders)
@@ -123,6 +124,6 @@ def test_a_busy_port_block_moves_each_node_to_a_free_one(cluster2, tiny_model):
     finally:
         c.slurm(["scancel", str(job)], check=False)
         for h in holders:
-            h.kill()
-            h.wait()
+            h.stdin.close()
+            h.wait(timeout=30)
         wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)

@@ -138,6 +138,17 @@ def submit(cluster, script: str, sbatch_args: list[str], serve_args: list[str], 
     return cluster.sbatch(argv, env=env)
 
 
+def submit_standin_job(cluster, name: str, model: str, sbatch_args: list[str], serve_extra=(), **env_extra: str):
+    """A multi-node job through slurm/multinode.sbatch with the stand-in as its server.
+
+    Returns job id, environment, job home and output file."""
+    home = job_home(name)
+    env = job_env(cluster, home, **STANDIN_ENV, **env_extra)
+    out = home / "job.out"
+    serve_args = ["--model", model, "--served-model-name", "tiny", *serve_extra]
+    return submit(cluster, "multinode.sbatch", sbatch_args, serve_args, env, out), env, home, out
+
+
 def wait_ready(job: int, env: dict[str, str], out: Path, timeout: float = 180) -> dict:
     result = vllm_hpc("wait", str(job), "--timeout", str(timeout), "--json", env=env, timeout=timeout + 30)
     if result.returncode != 0:

@@ -7,17 +7,14 @@ import subprocess
 
 import pytest
 
-from helpers import STANDIN_ENV, VLLM_HPC, job_env, job_home, submit, vllm_hpc, wait_ready
+from helpers import STANDIN_ENV, VLLM_HPC, job_env, job_home, submit, submit_standin_job, vllm_hpc, wait_ready
 
 pytestmark = pytest.mark.integration
 
 
 def test_status_follows_a_job_from_pending_to_ready_and_chat_answers(cluster2, tiny_model):
     c = cluster2
-    home = job_home("everyday")
-    env = job_env(c, home, **STANDIN_ENV)
-    out = home / "job.out"
-    job = submit(c, "multinode.sbatch", ["--nodes=2", "--gpus-per-node=4", "--hold"], ["--model", tiny_model, "--served-model-name", "tiny"], env, out)
+    job, env, home, out = submit_standin_job(c, "everyday", tiny_model, ["--nodes=2", "--gpus-per-node=4", "--hold"])
     try:
         held = vllm_hpc("status", str(job), "--json", env=env)
         assert held.returncode == 0, held.stderr

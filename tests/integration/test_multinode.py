@@ -12,24 +12,16 @@ import time
 import pytest
 import requests
 
-from helpers import BIN, REPO, STANDIN_ENV, all_cmdlines, job_env, job_home, job_processes, serving_processes, submit, wait_ready, wait_until
+from helpers import BIN, REPO, all_cmdlines, job_processes, serving_processes, submit_standin_job, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def start_job(cluster, name, nodes, tiny_model, extra_serve=(), sbatch_extra=(), gpus=4, env_extra=None, gpu_flag="--gpus-per-node={}"):
-    home = job_home(name)
-    env = job_env(cluster, home, **STANDIN_ENV)
-    env.update(env_extra or {})
-    out = home / "job.out"
     t0 = time.monotonic()
-    job = submit(
-        cluster,
-        "multinode.sbatch",
-        [f"--nodes={nodes}", gpu_flag.format(gpus), *sbatch_extra],
-        ["--model", tiny_model, "--served-model-name", "tiny", "--liveness-interval", "2", *extra_serve],
-        env,
-        out,
+    job, env, home, out = submit_standin_job(
+        cluster, name, tiny_model, [f"--nodes={nodes}", gpu_flag.format(gpus), *sbatch_extra],
+        ["--liveness-interval", "2", *extra_serve], **(env_extra or {}),
     )
     status = wait_ready(job, env, out)
     took = time.monotonic() - t0

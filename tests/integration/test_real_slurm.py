@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import REPO, STANDIN_ENV, VLLM_HPC, job_env, job_home, serving_processes, submit, wait_ready, wait_until
+from helpers import REPO, VLLM_HPC, job_env, job_home, serving_processes, submit_standin_job, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -75,11 +75,8 @@ def test_several_tasks_per_node_and_serve_outside_srun_are_refused(cluster2, tin
 def test_uneven_gpus_fail_the_job_when_the_nodes_join(cluster2, tiny_model):
     """--gpus=6 over two 4-GPU nodes gives 4 + 2: known when the worker joins, not after the 600 s join deadline."""
     c = cluster2
-    home = job_home("uneven")
-    env = job_env(c, home, **STANDIN_ENV)
-    out = home / "job.out"
     t0 = time.monotonic()
-    job = submit(c, "multinode.sbatch", ["--nodes=2", "--gpus=6"], ["--model", tiny_model], env, out)
+    job, env, home, out = submit_standin_job(c, "uneven", tiny_model, ["--nodes=2", "--gpus=6"])
     try:
         state = c.wait_job(job, {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL"}, timeout=180)
         took = time.monotonic() - t0
@@ -103,10 +100,7 @@ def test_a_busy_port_block_moves_each_node_to_a_free_one(cluster2, tiny_model):
     from vllm_hpc.plan import port_block
 
     c = cluster2
-    home = job_home("busy-ports")
-    env = job_env(c, home, **STANDIN_ENV)
-    out = home / "job.out"
-    job = submit(c, "multinode.sbatch", ["--nodes=2", "--gpus-per-node=4", "--hold"], ["--model", tiny_model, "--served-model-name", "tiny"], env, out)
+    job, env, home, out = submit_standin_job(c, "busy-ports", tiny_model, ["--nodes=2", "--gpus-per-node=4", "--hold"])
     first = port_block(str(job), None)
     holders = [subprocess.Popen(c.node_command(node, [sys.executable, "-c", LISTEN, c.fabric_ip(node), str(first + offset)]),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

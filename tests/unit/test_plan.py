@@ -187,3 +187,20 @@ def test_next_port_blocks_wrap_and_skip_the_first():
     # A worker binds no head-only port; the head binds its GCS port.
     assert "ray_gcs" not in owned_ports("worker", block_ports(first))
     assert owned_ports("leader", block_ports(first))["ray_gcs"] == first + 1
+
+
+def test_an_exported_ray_token_does_not_replace_the_jobs():
+    """Ray prefers RAY_AUTH_TOKEN over RAY_AUTH_TOKEN_PATH: a user's exported one must not reach the job's Ray."""
+    import sys
+
+    from vllm_hpc.serve import NodeRun
+    from vllm_hpc.supervisor import Reporter
+
+    env = job_env(RAY_AUTH_TOKEN="exported-token")
+    plan = make(env=env)
+    run = NodeRun(plan, read_settings(env), ServeOptions(model="/models/llama"), read_slurm_env(env, "gpu01", None),
+                  Reporter(sys.stderr, "test"))
+    child = run._env("ray-head")
+    assert "RAY_AUTH_TOKEN" not in child
+    assert child["RAY_AUTH_TOKEN_PATH"] == "/home/u/.vllm-hpc/jobs/7001/ray-token"
+    assert read_settings(env).base_env["RAY_AUTH_TOKEN"] == "exported-token"  # the check above can fail

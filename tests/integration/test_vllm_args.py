@@ -30,7 +30,7 @@ EXTRA = ("--max-num-seqs", "64", "--safetensors-load-strategy", "eager", "--enab
 
 def job_env(nodes: str, count: int) -> dict[str, str]:
     return {"HOME": "/home/u", "SLURM_JOB_ID": "7001", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": str(count),
-            "SLURM_JOB_NODELIST": nodes, "SLURM_GPUS_ON_NODE": "4"}
+            "SLURM_JOB_NODELIST": nodes, "SLURM_GPUS_ON_NODE": "4", "SLURM_STEP_ID": "0", "SLURMD_NODENAME": "gpu01"}
 
 
 def server_argv(env: dict[str, str], **options) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,11 @@ from .errors import JobFailedError, NoJobError, NotReadyError
 from .settings import read_settings
 
 NEW_JOB_GRACE_S = 30.0
+# A state file written this long before Slurm's start of the job's current run is from an
+# earlier run (a requeue, or an earlier job with the same id); clocks of the nodes and
+# the controller may differ a little.
+STALE_MARGIN_S = 5.0
+PENDING_SLURM_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
 FINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 FAILED_SLURM_STATES = FINAL_SLURM_STATES - {"COMPLETED", "CANCELLED"}
 
@@ -24,8 +30,10 @@ def _jobs_dir() -> Path:
 
 
 def resolve_job(job_id: str | None) -> str:
+    """The job directory's name for what the user typed: a job id, an array task
+    (``8125_3``, as squeue shows it), $SLURM_JOB_ID, or the newest job."""
     if job_id:
-        return job_id
+        return resolve_array_task(job_id) if ARRAY_TASK.match(job_id) else job_id
     if os.environ.get("SLURM_JOB_ID"):
         return os.environ["SLURM_JOB_ID"]
     jobs = _jobs_dir()
@@ -36,20 +44,67 @@ def resolve_job(job_id: str | None) -> str:
     return newest.name
 
 
-def slurm_state(job_id: str) -> str | None:
-    """The job's state from squeue, or None where Slurm does not know it (ended) or is absent."""
-    if not job_id.replace("_", "").isdigit() or not shutil.which("squeue"):
+ARRAY_TASK = re.compile(r"^\d+_\d+$")
+
+
+def resolve_array_task(array_id: str) -> str:
+    """An array task's own job id (its job directory's name): from Slurm while it knows
+    the task, else from the state files, which record it."""
+    found = _squeue(array_id, "%A")
+    if found and found[0].isdigit():
+        return found[0]
+    jobs = _jobs_dir()
+    for state in sorted(jobs.glob("*/state.json")) if jobs.is_dir() else []:
+        data = jobfiles.read_json(state) or {}
+        if data.get("array_id") == array_id:
+            return state.parent.name
+    raise NoJobError(f"array task {array_id} is unknown to Slurm and to {jobs}", "check the id with squeue")
+
+
+def _squeue(job_id: str, fmt: str) -> list[str] | None:
+    if not shutil.which("squeue"):
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=15, check=False)
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", fmt], capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = out.stdout.split()
-    return lines[0] if out.returncode == 0 and lines else None
+    return lines if out.returncode == 0 and lines else None
+
+
+def parse_slurm_time(text: str) -> float | None:
+    """squeue's %S/%V times ("2026-11-30T15:01:02", local time); None for N/A, Unknown."""
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def slurm_view(job_id: str) -> tuple[str | None, float | None]:
+    """The job's state and the start of its current run, from squeue."""
+    if not job_id.replace("_", "").isdigit():
+        return None, None
+    found = _squeue(job_id, "%T|%S")
+    if not found:
+        return None, None
+    state, _, start = found[0].partition("|")
+    return state, parse_slurm_time(start)
+
+
+def is_stale(state: dict[str, Any], queue: str | None, run_start: float | None) -> bool:
+    """Pure: was this state file written by an earlier run of the id than Slurm's current one?"""
+    if queue not in ("RUNNING", "COMPLETING") or run_start is None or not state:
+        return False
+    written = state.get("started_epoch") or state.get("updated_epoch") or 0
+    return written < run_start - STALE_MARGIN_S
 
 
 def _phase(state_phase: str | None, queue: str | None, slurm_known: bool) -> str | None:
-    """Pure: the job's phase from its own state file and Slurm's view of it."""
+    """Pure: the job's phase from its own state file and Slurm's view of it.
+
+    Slurm's waiting states win over the file, which may be from a run before a requeue."""
+    if queue in PENDING_SLURM_STATES:
+        return "pending"
     if state_phase in ("failed", "stopped"):
         return state_phase
     if queue in FINAL_SLURM_STATES:
@@ -57,8 +112,6 @@ def _phase(state_phase: str | None, queue: str | None, slurm_known: bool) -> str
     if state_phase in ("starting", "ready"):
         # Slurm no longer lists a job it should know: it ended without a final word.
         return "ended" if slurm_known and queue is None else state_phase
-    if queue in ("PENDING", "CONFIGURING", "REQUEUED", "SUSPENDED"):
-        return "pending"
     if queue is not None:
         return "starting"
     return None
@@ -69,7 +122,9 @@ def job_status(job_id: str | None) -> dict[str, Any]:
     job_dir = _jobs_dir() / job
     state = jobfiles.read_json(job_dir / "state.json") or {}
     endpoint = jobfiles.read_json(job_dir / "endpoint.json")
-    queue = slurm_state(job)
+    queue, run_start = slurm_view(job)
+    if is_stale(state, queue, run_start):
+        state, endpoint = {}, None
     slurm_known = bool(shutil.which("squeue")) and job.replace("_", "").isdigit()
     phase = _phase(state.get("phase"), queue, slurm_known)
     if phase is None:

@@ -26,6 +26,9 @@ WORKER_JOINED_AFTER_S = 20.0
 RAY_HEAD_UP_TIMEOUT_S = 120.0
 # How long a dying server's leader waits for Ray to say whether a node was lost.
 NODE_LOSS_GRACE_S = 4.0
+# srun starts a job's nodes within seconds of each other; a leader file older than
+# this before a node's own start is from an earlier run.
+RUN_START_SKEW_S = 120.0
 
 
 def _tcp_open(ip: str, port: int) -> bool:
@@ -46,6 +49,9 @@ class NodeRun:
         self.watchers: list = []
         self.api_key: str | None = None
         self.ray_connected = False
+        # Files of the job directory written before this (minus the nodes' start skew)
+        # belong to an earlier run: a requeue, or an earlier job with the same id.
+        self.run_started = time.time()
 
     # -- entry ---------------------------------------------------------------
     def run(self) -> int:
@@ -84,6 +90,30 @@ class NodeRun:
         while time.monotonic() < deadline and self.supervisor.failure is None:
             time.sleep(0.1)
         return self.supervisor.failure or err
+
+    def _start_run_state(self) -> None:
+        """A new run starts from a clean slate: nothing of an earlier run (its endpoint,
+        its failure reason) may be shown as current."""
+        plan = self.plan
+        Path(plan.paths.endpoint).unlink(missing_ok=True)
+        fresh = {
+            "phase": "starting",
+            "job_id": plan.job_id,
+            "array_id": self.slurm.array_id,
+            "run": self.slurm.generation,
+            "started": jobfiles.now_iso(),
+            "started_epoch": self.run_started,
+            "nodes": list(plan.nodes),
+            "leader": plan.hostname,
+            "log_dir": str(Path(plan.paths.log_dir).parent),
+        }
+        jobfiles.write_json(plan.paths.state, {k: v for k, v in fresh.items() if v is not None})
+        jobfiles.update_state(plan.paths.state, "starting")
+
+    def _current(self, data: dict) -> bool:
+        """Whether a leader.json or state.json was written by this run's leader."""
+        published = data.get("started_epoch") or data.get("published_epoch") or 0
+        return str(data.get("run")) == self.slurm.generation and published >= self.run_started - RUN_START_SKEW_S
 
     def _set_state(self, phase: str, **fields: object) -> None:
         if self.plan.role == "worker":
@@ -133,9 +163,7 @@ class NodeRun:
     def _run_server(self) -> None:
         plan = self.plan
         self._prepare_api_key()
-        self._set_state(
-            "starting", job_id=plan.job_id, nodes=list(plan.nodes), leader=plan.hostname, log_dir=str(Path(plan.paths.log_dir).parent)
-        )
+        self._start_run_state()
         if plan.role == "leader":
             self._start_ray_head()
         server = self.supervisor.start(plan.command("server"), self._env("server"))
@@ -177,7 +205,8 @@ class NodeRun:
         )
         jobfiles.write_json(
             plan.paths.leader,
-            {"ip": plan.node_ip, "ray_gcs": gcs, "hostname": plan.hostname, "generation": self.slurm.generation, "job_id": plan.job_id},
+            {"ip": plan.node_ip, "ray_gcs": gcs, "hostname": plan.hostname, "run": self.slurm.generation,
+             "published_epoch": time.time(), "job_id": plan.job_id},
         )
         from .raycluster import NodeWatcher, PortWatcher, connect, read_nodes, wait_for_nodes
 
@@ -260,7 +289,7 @@ class NodeRun:
             data = jobfiles.read_json(self.plan.paths.state) or {}
         except VllmHpcError:
             return None
-        return data.get("phase")
+        return data.get("phase") if self._current(data) else None
 
     def _wait_for_leader(self) -> dict:
         plan = self.plan
@@ -273,8 +302,8 @@ class NodeRun:
                 data = None
             if not data:
                 return False, f"no {plan.paths.leader} yet"
-            if str(data.get("generation")) != self.slurm.generation:
-                return False, "only an address left by an earlier start"
+            if not self._current(data):
+                return False, "only an address left by an earlier run"
             found.update(data)
             return True, f"leader {data.get('hostname')} at {data.get('ip')}:{data.get('ray_gcs')}"
 

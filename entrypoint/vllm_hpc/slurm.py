@@ -36,6 +36,8 @@ SLURM_VARIABLES: dict[str, tuple[str, ...]] = {
     "submit_dir": ("SLURM_SUBMIT_DIR",),
     "step_id": ("SLURM_STEP_ID", "SLURM_STEPID"),
     "restart_count": ("SLURM_RESTART_COUNT",),
+    "array_job_id": ("SLURM_ARRAY_JOB_ID",),
+    "array_task_id": ("SLURM_ARRAY_TASK_ID",),
 }
 
 
@@ -59,6 +61,7 @@ class SlurmEnv:
     tasks_per_node: int = 1  # the most tasks of this step on one node
     tasks_per_node_raw: str = ""
     host: str = ""  # gethostname(), short: for URLs; equals hostname on most clusters
+    array_id: str | None = None  # "8125_3" for a task of an array job, as squeue shows it
 
     @property
     def num_nodes(self) -> int:
@@ -204,6 +207,7 @@ def read_slurm_env(env: Mapping[str, str], hostname: str, detected_gpus: int | N
         tasks_per_node=parse_tasks_per_node(raw_tasks) if raw_tasks else 1,
         tasks_per_node_raw=raw_tasks,
         host=short_host,
+        array_id=f"{_first(env, 'array_job_id')}_{_first(env, 'array_task_id')}" if _first(env, "array_task_id") else None,
     )
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from vllm_hpc.client import _phase
+from vllm_hpc.client import ARRAY_TASK, _phase, is_stale, parse_slurm_time
 
 pytestmark = pytest.mark.unit
 
@@ -20,7 +20,26 @@ pytestmark = pytest.mark.unit
         ("failed", "RUNNING", True, "failed"),
         ("stopped", None, True, "stopped"),
         (None, None, True, None),
+        # Slurm's waiting states win over a file from the run before a requeue.
+        ("ready", "PENDING", True, "pending"),
+        ("failed", "REQUEUED", True, "pending"),
+        ("ready", "REQUEUE_HOLD", True, "pending"),
     ],
 )
 def test_phase_from_state_and_slurm(state, queue, known, phase):
     assert _phase(state, queue, known) == phase
+
+
+def test_a_state_file_from_before_the_current_run_is_stale():
+    start = parse_slurm_time("2026-11-30T15:01:02")
+    assert start is not None
+    old = {"phase": "failed", "started_epoch": start - 3600}
+    assert is_stale(old, "RUNNING", start)
+    assert not is_stale({"phase": "ready", "started_epoch": start + 3}, "RUNNING", start)
+    assert not is_stale(old, "COMPLETED", start)  # a final state keeps the run's own word
+    assert not is_stale(old, "RUNNING", None)
+    assert parse_slurm_time("N/A") is None
+
+
+def test_array_task_ids_are_recognised():
+    assert ARRAY_TASK.match("8125_3") and not ARRAY_TASK.match("8125") and not ARRAY_TASK.match("8125_[1-3]")

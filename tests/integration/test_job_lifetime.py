@@ -1,0 +1,78 @@
+"""A job's life in real Slurm beyond one run: a reused job id, a requeue, an array task.
+Slurm's view wins over files an earlier run left in the job directory."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from helpers import serving_processes, submit_standin_job, vllm_hpc, wait_ready, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def status_of(job: str, env: dict[str, str]) -> dict:
+    result = vllm_hpc("status", job, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_reused_id_and_a_requeue_never_show_an_earlier_run(cluster2, tiny_model):
+    c = cluster2
+    job, env, home, out = submit_standin_job(c, "lifetime", tiny_model, ["--nodes=2", "--gpus-per-node=4", "--hold", "--requeue"])
+    job_dir = home / "jobs" / str(job)
+    try:
+        # What an earlier job with the same id left behind (Slurm's ids start again at 1
+        # when its state is lost): a failure, and an endpoint.
+        job_dir.mkdir(parents=True, mode=0o700)
+        earlier = time.time() - 3600
+        (job_dir / "state.json").write_text(json.dumps({"phase": "failed", "reason": "an earlier job's failure",
+                                                        "started_epoch": earlier, "updated_epoch": earlier}))
+        (job_dir / "endpoint.json").write_text(json.dumps({"url": "http://10.0.0.1:1/v1", "model": "old"}))
+        held = status_of(str(job), env)
+        assert (held["phase"], held["slurm_state"]) == ("pending", "PENDING"), held
+        c.slurm(["scontrol", "release", str(job)])
+        first = wait_ready(job, env, out)
+        assert first["reason"] is None and first["endpoint"]["model"] == "tiny"
+
+        # A requeue: while Slurm holds it, the run before is not shown as ready.
+        c.slurm(["scontrol", "requeue", str(job)])
+        during = wait_until("status to leave ready", lambda: (s := status_of(str(job), env))["phase"] != "ready" and s, 30)
+        assert during["phase"] in ("pending", "starting") and during["endpoint"] is None, during
+        t0 = time.monotonic()
+        again = wait_ready(job, env, out, timeout=300)
+        print(f"\nrequeued job {job}: {during['phase']} (Slurm {during['slurm_state']}), ready again after {time.monotonic() - t0:.1f}s")
+        state = json.loads((job_dir / "state.json").read_text())
+        assert state["run"].startswith("1.") and "reason" not in state, state
+        assert again["endpoint"]["started"] >= first["endpoint"]["started"]
+    finally:
+        c.slurm(["scancel", str(job)], check=False)
+        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
+
+
+def test_an_array_task_is_reached_by_the_id_squeue_shows(cluster2, tiny_model):
+    c = cluster2
+    job, env, home, out = submit_standin_job(c, "array", tiny_model, ["--nodes=2", "--gpus-per-node=4", "--array=3"])
+    task = f"{job}_3"
+    try:
+        shown = c.slurm(["squeue", "-h", "-j", task, "-o", "%i|%A"]).stdout.split()
+        assert shown and shown[0].startswith(f"{task}|"), shown
+        real = shown[0].split("|")[1]
+        # The output file name pattern %j names the task's own job id.
+        result = vllm_hpc("wait", task, "--timeout", "180", "--json", env=env, timeout=210)
+        assert result.returncode == 0, result.stderr
+        ready = json.loads(result.stdout)
+        assert ready["job_id"] == real and ready["phase"] == "ready"
+        state = json.loads((home / "jobs" / real / "state.json").read_text())
+        assert state["array_id"] == task
+        chat = vllm_hpc("chat", task, "Hello", env=env)
+        assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    finally:
+        c.slurm(["scancel", str(job)], check=False)
+        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
+    # Once Slurm has forgotten the task, its state file still names it.
+    wait_until("Slurm forgets the task", lambda: not c.slurm(["squeue", "-h", "-j", task], check=False).stdout.strip(), 120)
+    ended = vllm_hpc("status", task, "--json", env=env)
+    assert json.loads(ended.stdout)["job_id"] == real, ended.stdout + ended.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from .errors import ChildDiedError, ClusterError, ResourceError
 from .supervisor import Supervisor, wait_for
@@ -69,11 +70,19 @@ def membership(nodes: list[RayNode], expected: tuple[str, ...], gpus_per_node: i
     return not missing, seen
 
 
-def wait_for_nodes(supervisor: Supervisor, expected: tuple[str, ...], gpus_per_node: int, deadline_s: float) -> float:
+def wait_for_nodes(supervisor: Supervisor, expected: tuple[str, ...], gpus_per_node: int, deadline_s: float,
+                   check: Callable[[], None] | None = None) -> float:
+    """Until every expected node joined; ``check`` may raise to end the wait early."""
+
+    def probe() -> tuple[bool, str]:
+        if check is not None:
+            check()
+        return membership(read_nodes(), expected, gpus_per_node)
+
     return wait_for(
         supervisor,
         f"all {len(expected)} nodes to join the Ray cluster",
-        lambda: membership(read_nodes(), expected, gpus_per_node),
+        probe,
         deadline_s,
         ClusterError,
         "check the missing nodes' logs in the job directory (their Ray worker could not reach the leader)",

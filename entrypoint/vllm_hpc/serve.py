@@ -29,6 +29,16 @@ NODE_LOSS_GRACE_S = 4.0
 # srun starts a job's nodes within seconds of each other; a leader file older than
 # this before a node's own start is from an earlier run.
 RUN_START_SKEW_S = 120.0
+# Every node of the job writes its log into the job directory at once; a node whose log
+# is missing there this long after the start sees another directory (not shared).
+SHARED_HOME_CHECK_S = 60.0
+
+
+def _written_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except OSError:
+        return False
 
 
 def _tcp_open(ip: str, port: int) -> bool:
@@ -114,6 +124,21 @@ class NodeRun:
         """Whether a leader.json or state.json was written by this run's leader."""
         published = data.get("started_epoch") or data.get("published_epoch") or 0
         return str(data.get("run")) == self.slurm.generation and published >= self.run_started - RUN_START_SKEW_S
+
+    def _check_home_is_shared(self, nodes: list[str]) -> None:
+        """Fail within a minute, not at the join deadline, when the job directory is not
+        one all nodes share: the other nodes' logs never appear in it."""
+        if time.time() - self.run_started < SHARED_HOME_CHECK_S:
+            return
+        logs = Path(self.plan.paths.log_dir).parent
+        since = self.run_started - RUN_START_SKEW_S
+        silent = [n for n in nodes if not _written_since(logs / n / "vllm-hpc.log", since)]
+        if silent:
+            raise ClusterError(
+                f"no sign of {', '.join(silent)} in {self.plan.paths.job_dir} after {SHARED_HOME_CHECK_S:.0f}s:"
+                " the job directory is not on a file system the job's nodes share",
+                f"set VLLM_HPC_HOME (now {self.settings.home}) to a directory every node mounts",
+            )
 
     def _set_state(self, phase: str, **fields: object) -> None:
         if self.plan.role == "worker":
@@ -216,7 +241,9 @@ class NodeRun:
         # Ray's core worker installs a SIGTERM handler that aborts the process; ours
         # must win so that a stop stops the server and Ray in order.
         self.supervisor.install_signal_handlers()
-        wait_for_nodes(self.supervisor, plan.nodes, plan.gpus_per_node, plan.deadlines.join)
+        others = [n for n in plan.nodes if n != plan.hostname]
+        wait_for_nodes(self.supervisor, plan.nodes, plan.gpus_per_node, plan.deadlines.join,
+                       check=lambda: self._check_home_is_shared(others))
         # Each worker's own port: a node whose block was busy moved to another.
         workers = {n.name: (n.ip, n.port) for n in read_nodes() if n.alive and n.name != plan.hostname}
         for watcher in (NodeWatcher(self.supervisor, plan.nodes), PortWatcher(self.supervisor, workers)):
@@ -296,6 +323,7 @@ class NodeRun:
         found: dict = {}
 
         def probe() -> tuple[bool, str]:
+            self._check_home_is_shared([plan.leader])
             try:
                 data = jobfiles.read_json(plan.paths.leader)
             except VllmHpcError:

@@ -76,3 +76,24 @@ def test_an_array_task_is_reached_by_the_id_squeue_shows(cluster2, tiny_model):
     wait_until("Slurm forgets the task", lambda: not c.slurm(["squeue", "-h", "-j", task], check=False).stdout.strip(), 120)
     ended = vllm_hpc("status", task, "--json", env=env)
     assert json.loads(ended.stdout)["job_id"] == real, ended.stdout + ended.stderr
+
+
+def test_a_job_directory_the_nodes_do_not_share_is_named_within_a_minute(cluster2, tiny_model):
+    """VLLM_HPC_HOME on each node's private /tmp: every node sees only its own job directory."""
+    c = cluster2
+    local_home = f"/tmp/vhpc-local-{time.time_ns()}"
+    job, env, home, out = submit_standin_job(c, "local-home", tiny_model, ["--nodes=2", "--gpus-per-node=4"],
+                                             VLLM_HPC_HOME=local_home)
+    t0 = time.monotonic()
+    try:
+        state = c.wait_job(job, {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL"}, timeout=180)
+        took = time.monotonic() - t0
+        text = out.read_text()
+        print(f"\nnode-local VLLM_HPC_HOME: job {job} ended {state} {took:.1f}s after submit")
+        assert state == "FAILED", text
+        assert "the job directory is not on a file system the job's nodes share" in text, text
+        assert f"set VLLM_HPC_HOME (now {local_home}) to a directory every node mounts" in text
+        assert took < 120, "named within about a minute, not at the 600 s join deadline"
+    finally:
+        c.slurm(["scancel", str(job)], check=False)
+        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)

@@ -149,6 +149,22 @@ def submit_standin_job(cluster, name: str, model: str, sbatch_args: list[str], s
     return submit(cluster, "multinode.sbatch", sbatch_args, serve_args, env, out), env, home, out
 
 
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+
+
+def wait_final(cluster, job: int, out: Path, timeout: float = 180) -> tuple[str, str, float]:
+    """Until Slurm says the job ended: its final state, its output, and the seconds waited."""
+    t0 = time.monotonic()
+    state = cluster.wait_job(job, FINAL_STATES, timeout=timeout)
+    return state, out.read_text(), time.monotonic() - t0
+
+
+def cancel_job(cluster, job: int, timeout: float = 60) -> None:
+    """scancel, then wait until no vllm-hpc, Ray or server process of any node is left."""
+    cluster.slurm(["scancel", str(job)], check=False)
+    wait_until("job processes gone", lambda: not any(serving_processes(cluster, n) for n in cluster.node_names), timeout)
+
+
 def wait_ready(job: int, env: dict[str, str], out: Path, timeout: float = 180) -> dict:
     result = vllm_hpc("wait", str(job), "--timeout", str(timeout), "--json", env=env, timeout=timeout + 30)
     if result.returncode != 0:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import serving_processes, submit_standin_job, vllm_hpc, wait_ready, wait_until
+from helpers import cancel_job, submit_standin_job, vllm_hpc, wait_final, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +48,7 @@ def test_a_reused_id_and_a_requeue_never_show_an_earlier_run(cluster2, tiny_mode
         assert state["run"].startswith("1.") and "reason" not in state, state
         assert again["endpoint"]["started"] >= first["endpoint"]["started"]
     finally:
-        c.slurm(["scancel", str(job)], check=False)
-        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
+        cancel_job(c, job)
 
 
 def test_an_array_task_is_reached_by_the_id_squeue_shows(cluster2, tiny_model):
@@ -70,8 +69,7 @@ def test_an_array_task_is_reached_by_the_id_squeue_shows(cluster2, tiny_model):
         chat = vllm_hpc("chat", task, "Hello", env=env)
         assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
     finally:
-        c.slurm(["scancel", str(job)], check=False)
-        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
+        cancel_job(c, job)
     # Once Slurm has forgotten the task, its state file still names it.
     wait_until("Slurm forgets the task", lambda: not c.slurm(["squeue", "-h", "-j", task], check=False).stdout.strip(), 120)
     ended = vllm_hpc("status", task, "--json", env=env)
@@ -84,16 +82,12 @@ def test_a_job_directory_the_nodes_do_not_share_is_named_within_a_minute(cluster
     local_home = f"/tmp/vhpc-local-{time.time_ns()}"
     job, env, home, out = submit_standin_job(c, "local-home", tiny_model, ["--nodes=2", "--gpus-per-node=4"],
                                              VLLM_HPC_HOME=local_home)
-    t0 = time.monotonic()
     try:
-        state = c.wait_job(job, {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL"}, timeout=180)
-        took = time.monotonic() - t0
-        text = out.read_text()
+        state, text, took = wait_final(c, job, out)
         print(f"\nnode-local VLLM_HPC_HOME: job {job} ended {state} {took:.1f}s after submit")
         assert state == "FAILED", text
         assert "the job directory is not on a file system the job's nodes share" in text, text
         assert f"set VLLM_HPC_HOME (now {local_home}) to a directory every node mounts" in text
         assert took < 120, "named within about a minute, not at the 600 s join deadline"
     finally:
-        c.slurm(["scancel", str(job)], check=False)
-        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
+        cancel_job(c, job)

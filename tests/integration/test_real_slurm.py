@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import REPO, VLLM_HPC, job_env, job_home, serving_processes, submit_standin_job, wait_ready, wait_until
+from helpers import REPO, VLLM_HPC, cancel_job, job_env, job_home, serving_processes, submit_standin_job, wait_final, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -75,20 +75,16 @@ def test_several_tasks_per_node_and_serve_outside_srun_are_refused(cluster2, tin
 def test_uneven_gpus_fail_the_job_when_the_nodes_join(cluster2, tiny_model):
     """--gpus=6 over two 4-GPU nodes gives 4 + 2: known when the worker joins, not after the 600 s join deadline."""
     c = cluster2
-    t0 = time.monotonic()
     job, env, home, out = submit_standin_job(c, "uneven", tiny_model, ["--nodes=2", "--gpus=6"])
     try:
-        state = c.wait_job(job, {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL"}, timeout=180)
-        took = time.monotonic() - t0
-        text = out.read_text()
+        state, text, took = wait_final(c, job, out)
         print(f"\nuneven GPUs: job {job} ended {state} {took:.1f}s after submit")
         assert state == "FAILED", text
         assert re.search(r"uneven GPU counts: gpu0[12] has [24], the leader [24]", text), text
         assert "--gpus-per-node=N or --gres=gpu:N" in text
         assert took < 120, "the leader should refuse as soon as the nodes join"
     finally:
-        c.slurm(["scancel", str(job)], check=False)
-        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
+        cancel_job(c, job)
 
 
 # Holds a port until its standard input closes (nsenter's own death would leave it running).
@@ -116,8 +112,7 @@ def test_a_busy_port_block_moves_each_node_to_a_free_one(cluster2, tiny_model):
         assert leader["ray_gcs"] != first + 1
         assert status["endpoint"]["url"].startswith(f"http://{c.fabric_ip('gpu01')}:")
     finally:
-        c.slurm(["scancel", str(job)], check=False)
         for h in holders:
             h.stdin.close()
             h.wait(timeout=30)
-        wait_until("job processes gone", lambda: not any(serving_processes(c, n) for n in c.node_names), 60)
+        cancel_job(c, job)

@@ -120,6 +120,7 @@ class JobPaths:
     leader: str  # rendezvous: where the leader publishes its fabric address and ports
     endpoint: str
     state: str
+    stop_request: str  # written by the sbatch script on the walltime warning: an ordered stop
     log_dir: str  # this node's logs
 
     @staticmethod
@@ -132,6 +133,7 @@ class JobPaths:
             leader=str(job / "leader.json"),
             endpoint=str(job / "endpoint.json"),
             state=str(job / "state.json"),
+            stop_request=str(job / "stop-request"),
             log_dir=str(job / "logs" / hostname),
         )
 

@@ -49,6 +49,29 @@ def _tcp_open(ip: str, port: int) -> bool:
         return False
 
 
+# A worker stops on its own this long after a stop request when the leader never says
+# it stopped (the leader's node may be the one in trouble).
+WORKER_STOP_WAIT_S = 30.0
+
+
+class StopRequestWatcher(threading.Thread):
+    """The walltime warning, as the sbatch scripts pass it on: a stop-request file in the
+    job directory, so that only vllm-hpc hears it and stops the server, then Ray, in
+    order (a signal to the step would reach vLLM and Ray at the same moment)."""
+
+    def __init__(self, supervisor: Supervisor, path: str, since: float, interval: float = 1.0) -> None:
+        super().__init__(name="stop-request", daemon=True)
+        self.supervisor, self.path, self.since, self.interval = supervisor, path, since, interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            if _written_since(Path(self.path), self.since):
+                self.supervisor.reporter.say("stop requested (the walltime warning): stopping the server, then Ray")
+                self.supervisor.fail(Signalled(signal.SIGUSR1, "the walltime warning"))
+                return
+
+
 class NodeRun:
     """One node's part of the job, from secrets to stop."""
 
@@ -125,6 +148,13 @@ class NodeRun:
         published = data.get("started_epoch") or data.get("published_epoch") or 0
         return str(data.get("run")) == self.slurm.generation and published >= self.run_started - RUN_START_SKEW_S
 
+    def _watch(self, watcher: threading.Thread) -> None:
+        watcher.start()
+        self.watchers.append(watcher)
+
+    def _stop_requested(self) -> bool:
+        return _written_since(Path(self.plan.paths.stop_request), self.run_started - RUN_START_SKEW_S)
+
     def _check_home_is_shared(self, nodes: list[str]) -> None:
         """Fail within a minute, not at the join deadline, when the job directory is not
         one all nodes share: the other nodes' logs never appear in it."""
@@ -189,6 +219,7 @@ class NodeRun:
         plan = self.plan
         self._prepare_api_key()
         self._start_run_state()
+        self._watch(StopRequestWatcher(self.supervisor, plan.paths.stop_request, self.run_started - RUN_START_SKEW_S))
         if plan.role == "leader":
             self._start_ray_head()
         server = self.supervisor.start(plan.command("server"), self._env("server"))
@@ -197,9 +228,7 @@ class NodeRun:
         took = wait_for_ready(self.supervisor, base_url, plan.served_model_name, self.api_key, plan.deadlines.ready)
         self._publish_endpoint(base_url, took)
         if plan.deadlines.liveness_interval > 0:
-            watcher = LivenessWatcher(self.supervisor, base_url, plan.served_model_name, self.api_key, plan.deadlines.liveness_interval)
-            watcher.start()
-            self.watchers.append(watcher)
+            self._watch(LivenessWatcher(self.supervisor, base_url, plan.served_model_name, self.api_key, plan.deadlines.liveness_interval))
         del server
         while True:
             self.supervisor.sleep(1.0)
@@ -247,8 +276,7 @@ class NodeRun:
         # Each worker's own port: a node whose block was busy moved to another.
         workers = {n.name: (n.ip, n.port) for n in read_nodes() if n.alive and n.name != plan.hostname}
         for watcher in (NodeWatcher(self.supervisor, plan.nodes), PortWatcher(self.supervisor, workers)):
-            watcher.start()
-            self.watchers.append(watcher)
+            self._watch(watcher)
 
     def _publish_endpoint(self, base_url: str, took: float) -> None:
         plan = self.plan
@@ -287,6 +315,7 @@ class NodeRun:
         env = self._env("ray-worker")
         jobfiles.read_secret_file(plan.paths.ray_token, "Ray token")
         start = time.monotonic()
+        requested: float | None = None
         while True:
             child = self.supervisor.start(live_command, env)
             try:
@@ -295,6 +324,11 @@ class NodeRun:
                     state = self._leader_state()
                     if state == "failed":
                         raise JobFailedError("the leader reported a failure; this worker stops", "see the leader's log")
+                    if self._stop_requested():
+                        # The leader stops its server first; this node's Ray goes after it.
+                        requested = requested or time.monotonic()
+                        if state == "stopped" or time.monotonic() - requested > WORKER_STOP_WAIT_S:
+                            raise Signalled(signal.SIGUSR1, "the walltime warning")
                     if state == "stopped":
                         raise Signalled(signal.SIGTERM, "the leader's stop")
             except ChildDiedError:

@@ -4,6 +4,7 @@ Slurm's view wins over files an earlier run left in the job directory."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -89,5 +90,28 @@ def test_a_job_directory_the_nodes_do_not_share_is_named_within_a_minute(cluster
         assert "the job directory is not on a file system the job's nodes share" in text, text
         assert f"set VLLM_HPC_HOME (now {local_home}) to a directory every node mounts" in text
         assert took < 120, "named within about a minute, not at the 600 s join deadline"
+    finally:
+        cancel_job(c, job)
+
+
+def test_the_walltime_warning_stops_every_node_in_order_and_the_job_completes(cluster2, tiny_model):
+    """--time=3 with the warning 120 s early: the stop comes about a minute after the start."""
+    c = cluster2
+    job, env, home, out = submit_standin_job(c, "walltime", tiny_model, ["--nodes=2", "--gpus-per-node=4", "--time=3"])
+    try:
+        wait_ready(job, env, out)
+        state, text, took = wait_final(c, job, out, timeout=240)
+        print(f"\nwalltime warning: job {job} ended {state}, {took:.1f}s after it was ready")
+        assert state == "COMPLETED", text
+        assert "walltime warning: asking every node for an ordered stop" in text
+        assert text.count("stop requested (the walltime warning)") >= 1, text
+        assert text.count("this node's processes are stopped") == 2, text
+        assert "error:" not in text, text
+        leader_log = (home / "jobs" / str(job) / "logs" / "gpu01" / "vllm-hpc.log").read_text()
+        # The server stops before the Ray head.
+        stops = re.findall(r"stopping (server|ray-head) \(pid", leader_log)
+        assert stops == ["server", "ray-head"], leader_log[-3000:]
+        state_file = json.loads((home / "jobs" / str(job) / "state.json").read_text())
+        assert (state_file["phase"], state_file["reason"]) == ("stopped", "stopped by the walltime warning"), state_file
     finally:
         cancel_job(c, job)

@@ -102,7 +102,8 @@ class NodeRun:
         except Signalled as stop:
             self.reporter.say(f"{stop.problem}: stopping this node")
             self._set_state("stopped", reason=stop.problem)
-            # The walltime warning (sbatch --signal=USR1@...) is a planned, clean end.
+            # The walltime warning (a stop request from the sbatch script, or USR1 sent to
+            # vllm-hpc itself) is a planned, clean end.
             if stop.signum == signal.SIGUSR1:
                 return 0
             raise

@@ -82,9 +82,10 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def update_state(path: str, phase: str, **fields: Any) -> None:
-    """The job's phase for `vllm-hpc status`: starting, ready, failed, stopped."""
-    data = read_json(path) or {}
+def update_state(path: str, phase: str, fresh: bool = False, **fields: Any) -> None:
+    """The job's phase for `vllm-hpc status`: starting, ready, failed, stopped.
+    ``fresh`` starts a new file instead of adding to the one there (a new run)."""
+    data = {} if fresh else read_json(path) or {}
     data.update(fields)
     data["phase"] = phase
     data["updated"] = now_iso()

@@ -130,8 +130,7 @@ class NodeRun:
         its failure reason) may be shown as current."""
         plan = self.plan
         Path(plan.paths.endpoint).unlink(missing_ok=True)
-        fresh = {
-            "phase": "starting",
+        run = {
             "job_id": plan.job_id,
             "array_id": self.slurm.array_id,
             "run": self.slurm.generation,
@@ -141,8 +140,7 @@ class NodeRun:
             "leader": plan.hostname,
             "log_dir": str(Path(plan.paths.log_dir).parent),
         }
-        jobfiles.write_json(plan.paths.state, {k: v for k, v in fresh.items() if v is not None})
-        jobfiles.update_state(plan.paths.state, "starting")
+        jobfiles.update_state(plan.paths.state, "starting", fresh=True, **{k: v for k, v in run.items() if v is not None})
 
     def _current(self, data: dict) -> bool:
         """Whether a leader.json or state.json was written by this run's leader."""
@@ -154,7 +152,8 @@ class NodeRun:
         self.watchers.append(watcher)
 
     def _stop_requested(self) -> bool:
-        return _written_since(Path(self.plan.paths.stop_request), self.run_started - RUN_START_SKEW_S)
+        # Written after this node started: a request of an earlier run (before a requeue) is not one.
+        return _written_since(Path(self.plan.paths.stop_request), self.run_started)
 
     def _check_home_is_shared(self, nodes: list[str]) -> None:
         """Fail within a minute, not at the join deadline, when the job directory is not
@@ -220,7 +219,7 @@ class NodeRun:
         plan = self.plan
         self._prepare_api_key()
         self._start_run_state()
-        self._watch(StopRequestWatcher(self.supervisor, plan.paths.stop_request, self.run_started - RUN_START_SKEW_S))
+        self._watch(StopRequestWatcher(self.supervisor, plan.paths.stop_request, self.run_started))
         if plan.role == "leader":
             self._start_ray_head()
         server = self.supervisor.start(plan.command("server"), self._env("server"))

@@ -183,7 +183,8 @@ SERVING_WORDS = ("vllm-hpc", "ray", "standin_vllm", "vllm.entrypoints", "VLLM::"
 
 def serving_processes(cluster, node: str) -> list[tuple[int, str]]:
     """vllm-hpc, Ray and server processes of a node (not Slurm's own srun or batch shell)."""
-    return [(pid, cmd) for pid, cmd in job_processes(cluster, node) if any(w in cmd for w in SERVING_WORDS) and not cmd.startswith("srun ")]
+    return [(pid, cmd) for pid, cmd in job_processes(cluster, node)
+            if any(w in cmd for w in SERVING_WORDS) and not cmd.startswith("srun ") and "slurm_script" not in cmd]
 
 
 def wait_until(what: str, check, timeout: float, interval: float = 0.2):

@@ -143,7 +143,8 @@ def submit_standin_job(cluster, name: str, model: str, sbatch_args: list[str], s
 
     Returns job id, environment, job home and output file."""
     home = job_home(name)
-    env = job_env(cluster, home, **STANDIN_ENV, **env_extra)
+    env = job_env(cluster, home, **STANDIN_ENV)
+    env.update(env_extra)  # may name another image (VLLM_HPC_IMAGE) or home
     out = home / "job.out"
     serve_args = ["--model", model, "--served-model-name", "tiny", *serve_extra]
     return submit(cluster, "multinode.sbatch", sbatch_args, serve_args, env, out), env, home, out

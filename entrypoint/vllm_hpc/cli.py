@@ -134,9 +134,8 @@ def _check_ports(plan: Plan, settings: Any, options: ServeOptions) -> tuple[Serv
     if plan.role == "worker":
         return options, env_change, moved
     host = plan.host if plan.host not in ("0.0.0.0", "::") else "0.0.0.0"
-    port = int(env_change.get(ENV_PORT_BASE, 0)) or plan.port
-    if plan.port_explicit:
-        port = plan.port
+    # A server port of our own choosing is the first of the block, which may have moved.
+    port = plan.port if plan.port_explicit or not env_change else int(env_change[ENV_PORT_BASE])
     if port_is_free(host, port):
         return options, env_change, moved
     if plan.port_explicit:

@@ -69,6 +69,15 @@ class ChildDiedError(VllmHpcError):
     exit_code = EXIT_CHILD_DIED
 
 
+class NodeLostError(ChildDiedError):
+    """Nodes of the job are gone (their Ray stopped answering): Slurm learns of it only
+    at its SlurmdTimeout, so the sbatch script ends the job itself."""
+
+    def __init__(self, nodes: tuple[str, ...], problem: str, fix: str | None = None) -> None:
+        super().__init__(problem, fix)
+        self.nodes = nodes
+
+
 class NotReadyError(VllmHpcError):
     exit_code = EXIT_NOT_READY
 

@@ -121,6 +121,7 @@ class JobPaths:
     endpoint: str
     state: str
     stop_request: str  # written by the sbatch script on the walltime warning: an ordered stop
+    node_lost: str  # written by the leader once stopped after a node's loss: the sbatch script ends the job
     log_dir: str  # this node's logs
 
     @staticmethod
@@ -134,6 +135,7 @@ class JobPaths:
             endpoint=str(job / "endpoint.json"),
             state=str(job / "state.json"),
             stop_request=str(job / "stop-request"),
+            node_lost=str(job / "node-lost"),
             log_dir=str(job / "logs" / hostname),
         )
 

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import ChildDiedError, ClusterError, ResourceError
+from .errors import ChildDiedError, ClusterError, NodeLostError, ResourceError
 from .supervisor import Supervisor, wait_for
 
 
@@ -113,7 +113,8 @@ class NodeWatcher(threading.Thread):
                 ips = {n.name: n.ip for n in nodes}
                 named = ", ".join(f"{g} ({ips.get(g, '?')})" for g in gone)
                 self.supervisor.fail(
-                    ChildDiedError(
+                    NodeLostError(
+                        tuple(gone),
                         f"node {named} left the Ray cluster: its Ray worker or the whole node died",
                         "see that node's logs in the job directory",
                     )
@@ -142,7 +143,8 @@ class PortWatcher(threading.Thread):
                     missed[name] += 1
                 if missed[name] >= self.misses and not self.stopping.is_set():
                     self.supervisor.fail(
-                        ChildDiedError(
+                        NodeLostError(
+                            (name,),
                             f"node {name} ({ip}) left the Ray cluster: its Ray worker at port {port} stopped answering"
                             f" {self.misses} times in a row (the node or its Ray died)",
                             "see that node's logs in the job directory",

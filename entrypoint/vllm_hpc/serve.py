@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from . import jobfiles
-from .errors import ChildDiedError, ClusterError, JobFailedError, Signalled, VllmHpcError
+from .errors import ChildDiedError, ClusterError, JobFailedError, NodeLostError, Signalled, VllmHpcError
 from .plan import LEADER_ADDRESS_PLACEHOLDER, Plan, ServeOptions
 from .readiness import LivenessWatcher, probe_url, wait_for_ready
 from .settings import ENV_API_KEY, Settings
 from .slurm import SlurmEnv
-from .supervisor import Reporter, Supervisor, resolve_env, wait_for
+from .supervisor import RAY_STOP_AFTER_NODE_LOSS_S, RAY_STOP_TIMEOUT_S, Reporter, Supervisor, resolve_env, wait_for
 
 # A worker's Ray that ran this long had joined; its end then means the leader went away.
 WORKER_JOINED_AFTER_S = 20.0
@@ -93,6 +93,7 @@ class NodeRun:
         os.umask(0o077)
         jobfiles.make_private_dir(plan.paths.log_dir)
         self.supervisor.install_signal_handlers()
+        failure: VllmHpcError | None = None
         try:
             if plan.role == "worker":
                 self._run_worker()
@@ -112,9 +113,26 @@ class NodeRun:
             # Said before the stop, which Slurm may cut short once other nodes are gone.
             self.reporter.say(f"error: {err.one_line()}")
             self._set_state("failed", reason=err.one_line(), node=plan.hostname)
+            failure = err
             raise err from None
         finally:
-            self._shutdown()
+            self._shutdown(RAY_STOP_AFTER_NODE_LOSS_S if isinstance(failure, NodeLostError) else RAY_STOP_TIMEOUT_S)
+            if plan.role == "leader" and isinstance(failure, NodeLostError):
+                self._ask_slurm_to_end_job(failure)
+
+    def _ask_slurm_to_end_job(self, err: NodeLostError) -> None:
+        """srun waits for a lost node's task until Slurm declares the node down (its
+        SlurmdTimeout, minutes on real clusters), keeping the other nodes allocated: with
+        this node stopped, tell the sbatch script the nodes left and why; it shrinks the
+        job to them and ends it now."""
+        path = self.plan.paths.node_lost
+        survivors = ",".join(n for n in self.plan.nodes if n not in err.nodes)
+        try:
+            jobfiles.write_private(path, f"{survivors}\n{err.one_line()}\n")
+        except OSError as problem:
+            self.reporter.say(f"could not write {path} ({problem}): Slurm ends the job when it declares the node down")
+            return
+        self.reporter.say(f"asked the batch script to end the job on {survivors} now, not at Slurm's SlurmdTimeout")
 
     def _root_cause(self, err: VllmHpcError) -> VllmHpcError:
         """A server that died with its Ray cluster usually died of a lost node: name it."""
@@ -178,12 +196,12 @@ class NodeRun:
         except (OSError, VllmHpcError):
             pass
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, ray_timeout: float) -> None:
         for watcher in self.watchers:
             watcher.stopping.set()
         # No ray.shutdown() here: with the cluster going down it can wait seconds on the
         # GCS. The CLI ends this process without Ray's exit hooks instead (cli.serve).
-        self.supervisor.stop_all(self.plan.deadlines.stop)
+        self.supervisor.stop_all(self.plan.deadlines.stop, ray_timeout)
         if self.plan.ray_tmpdir:
             shutil.rmtree(self.plan.ray_tmpdir, ignore_errors=True)
         self.supervisor.restore_signal_handlers()

@@ -23,6 +23,9 @@ from .plan import Command, Secret
 
 PR_SET_PDEATHSIG = 1
 RAY_STOP_TIMEOUT_S = 5.0
+# After a node's loss Ray's head waits on the lost node for seconds: the job is ending
+# anyway, and the other nodes stay allocated until it ends.
+RAY_STOP_AFTER_NODE_LOSS_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
@@ -165,14 +168,14 @@ class Supervisor:
         self.wake.clear()
         self.check()
 
-    def stop_all(self, timeout: float) -> None:
+    def stop_all(self, timeout: float, ray_timeout: float = RAY_STOP_TIMEOUT_S) -> None:
         """Stop children newest first (the server before Ray), each within ``timeout``.
 
         Ray holds no state worth a long wait, and its stop can stall for half a minute
-        on GCS time-outs when a node is gone: it gets at most RAY_STOP_TIMEOUT_S.
+        on GCS time-outs when a node is gone: it gets at most ``ray_timeout``.
         """
         for child in reversed(self.children):
-            limit = min(timeout, RAY_STOP_TIMEOUT_S) if child.name.startswith("ray-") else timeout
+            limit = min(timeout, ray_timeout) if child.name.startswith("ray-") else timeout
             stop_process_tree(child, limit, self.reporter)
         self.children.clear()
 

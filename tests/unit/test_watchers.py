@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from vllm_hpc.errors import ChildDiedError, ResourceError
+from vllm_hpc.errors import EXIT_CHILD_DIED, NodeLostError, ResourceError
 from vllm_hpc.raycluster import PortWatcher, membership, RayNode
 from vllm_hpc.supervisor import Reporter, Supervisor
 
@@ -24,7 +24,9 @@ def test_port_watcher_names_the_node_that_stops_answering():
     listener.close()
     t0 = time.monotonic()
     watcher.join(timeout=5)
-    assert isinstance(supervisor.failure, ChildDiedError)
+    # A lost node (exit 7), named, with the nodes the batch script drops from the job.
+    assert isinstance(supervisor.failure, NodeLostError) and supervisor.failure.exit_code == EXIT_CHILD_DIED
+    assert supervisor.failure.nodes == ("gpu02",)
     assert "gpu02" in supervisor.failure.problem and time.monotonic() - t0 < 2
 
 

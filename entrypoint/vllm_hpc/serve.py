@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import jobfiles
-from .errors import ChildDiedError, ClusterError, JobFailedError, NodeLostError, Signalled, VllmHpcError
+from .errors import ChildDiedError, ClusterError, JobFailedError, LaunchError, NodeLostError, Signalled, VllmHpcError
 from .plan import LEADER_ADDRESS_PLACEHOLDER, Plan, ServeOptions
 from .readiness import LivenessWatcher, probe_url, wait_for_ready
 from .settings import ENV_API_KEY, Settings
@@ -47,6 +47,23 @@ def _tcp_open(ip: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def other_step_serving(state: dict, generation: str, now: float, starting_for: float, answers: bool) -> str | None:
+    """The step of this job (same start, other srun) whose server is up or still starting,
+    if any: one job serves one model, and a second server would take its key, endpoint
+    and state. A step that died without saying so counts as starting only until its
+    deadlines have passed. Pure: ``answers`` is whether its endpoint answers."""
+    restart, _, step = str(state.get("run", "")).partition(".")
+    ours_restart, _, ours_step = generation.partition(".")
+    if restart != ours_restart or step == ours_step or not step:
+        return None
+    phase = state.get("phase")
+    if phase == "ready" and answers:
+        return step
+    if phase == "starting" and now - float(state.get("started_epoch") or 0) < starting_for:
+        return step
+    return None
 
 
 # A worker stops on its own this long after a stop request when the leader never says
@@ -92,6 +109,9 @@ class NodeRun:
         # Everything this node and its children write (logs, Ray's session files) is private.
         os.umask(0o077)
         jobfiles.make_private_dir(plan.paths.log_dir)
+        if plan.role != "worker":
+            # Before anything is written: the other step's files stay as they are.
+            self._refuse_a_second_server()
         self.supervisor.install_signal_handlers()
         failure: VllmHpcError | None = None
         try:
@@ -233,6 +253,23 @@ class NodeRun:
         self.api_key = key
 
     # -- single node and leader -------------------------------------------------
+    def _refuse_a_second_server(self) -> None:
+        plan = self.plan
+        try:
+            state = jobfiles.read_json(plan.paths.state) or {}
+            endpoint = jobfiles.read_json(plan.paths.endpoint) or {}
+        except VllmHpcError:
+            return
+        answers = bool(endpoint.get("node_ip") and endpoint.get("port")) and _tcp_open(endpoint["node_ip"], int(endpoint["port"]))
+        window = plan.deadlines.join + plan.deadlines.ready
+        step = other_step_serving(state, self.slurm.generation, time.time(), window, answers)
+        if step is not None:
+            where = f"already serves at {endpoint.get('url')}" if state.get("phase") == "ready" else "is already starting"
+            raise LaunchError(
+                f"step {step} of job {plan.job_id} {where}, and a job runs one server (its key, endpoint and state)",
+                f"stop that step first (scancel {plan.job_id}.{step}), or submit the second model as a job of its own",
+            )
+
     def _run_server(self) -> None:
         plan = self.plan
         self._prepare_api_key()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import cancel_job, submit_standin_job, vllm_hpc, wait_final, wait_ready, wait_until
+from helpers import VLLM_HPC, cancel_job, submit_standin_job, vllm_hpc, wait_final, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +75,29 @@ def test_an_array_task_is_reached_by_the_id_squeue_shows(cluster2, tiny_model):
     wait_until("Slurm forgets the task", lambda: not c.slurm(["squeue", "-h", "-j", task], check=False).stdout.strip(), 120)
     ended = vllm_hpc("status", task, "--json", env=env)
     assert json.loads(ended.stdout)["job_id"] == real, ended.stdout + ended.stderr
+
+
+def test_a_second_serve_step_of_a_job_is_refused_and_the_first_serves_on(cluster2, tiny_model):
+    c = cluster2
+    job, env, home, out = submit_standin_job(c, "steps", tiny_model, ["--nodes=2", "--gpus-per-node=4"])
+    job_dir = home / "jobs" / str(job)
+    try:
+        wait_ready(job, env, out)
+        before = {name: (job_dir / name).read_bytes() for name in ("state.json", "endpoint.json", "api-key")}
+        # A step beside the serving one: it shares the CPUs (--overlap), and says it has
+        # GPUs, which Slurm would not give it while the first step holds them.
+        second = c.slurm(["srun", f"--jobid={job}", "--overlap", "--kill-on-bad-exit=1", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                          VLLM_HPC, "serve", "--model", tiny_model, "--interface", "ib0"],
+                         env={**env, "SLURM_GPUS_ON_NODE": "4"}, timeout=120, check=False)
+        print(f"\nsecond step: exit {second.returncode}: {second.stderr.strip().splitlines()[-1:]}")
+        # The leader refuses (13); srun --kill-on-bad-exit then stops the step's worker (143).
+        assert "gpu01: task 0: Exited with exit code 13" in second.stderr, second.stdout + second.stderr
+        assert f"step 0 of job {job} already serves at http://" in second.stderr and "Traceback" not in second.stderr
+        assert {name: (job_dir / name).read_bytes() for name in before} == before
+        chat = vllm_hpc("chat", str(job), "Hello", env=env)
+        assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    finally:
+        cancel_job(c, job)
 
 
 def test_a_job_directory_the_nodes_do_not_share_is_named_within_a_minute(cluster2, tiny_model):

@@ -3,11 +3,13 @@ the documented exit code, no traceback, nothing left running."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,7 @@ CASES = [
     ("host not in the job's nodes", ["serve", "--model", "MODEL", "--interface", "lo"], {**JOB, "SLURMD_NODENAME": "login1"}, 13, ["this host (login1) is not one of the job's nodes (gpu01, gpu02)", "srun"]),
     ("model not visible in the container", ["plan", "--model", "/no/such/model"], {"APPTAINER_CONTAINER": "/images/vllm-hpc.sif"}, 3, ["not visible inside the container /images/vllm-hpc.sif", "--bind /no/such/model"]),
     ("model config.json a broken link", ["plan", "--model", "SNAPSHOT"], {}, 3, ["config.json is a link to ../../blobs/", "models--ORG--NAME"]),
+    ("a second serve step of a job", ["serve", "--model", "MODEL", "--interface", "lo"], {**JOB, "SLURM_STEP_ID": "1", "SECONDSTEP": "1"}, 13, ["step 0 of job 31 is already starting", "scancel 31.0", "a job of its own"]),
     ("privileged port", ["serve", "--model", "MODEL", "--interface", "lo", "--host", "127.0.0.1", "--port", "80", "--no-api-key"], {"NOPRIV": "1"}, 5, ["port 80 on 127.0.0.1 needs a privilege", "1024 or above"]),
 ]
 
@@ -67,7 +70,12 @@ def files(tmp_path):
 @pytest.mark.parametrize("name, args, env_extra, code, words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(name, args, env_extra, code, words, files, tmp_path):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.update({k: v for k, v in env_extra.items() if k not in ("NETNS", "NOPRIV")})
+    env.update({k: v for k, v in env_extra.items() if k not in ("NETNS", "NOPRIV", "SECONDSTEP")})
+    if env_extra.get("SECONDSTEP"):
+        # Step 0 of job 31 started serving a moment ago; this is step 1.
+        job = tmp_path / ".vllm-hpc" / "jobs" / "31"
+        job.mkdir(parents=True, mode=0o700)
+        (job / "state.json").write_text(json.dumps({"phase": "starting", "run": "0.0", "started_epoch": time.time()}))
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()

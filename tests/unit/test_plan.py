@@ -204,3 +204,20 @@ def test_an_exported_ray_token_does_not_replace_the_jobs():
     assert "RAY_AUTH_TOKEN" not in child
     assert child["RAY_AUTH_TOKEN_PATH"] == "/home/u/.vllm-hpc/jobs/7001/ray-token"
     assert read_settings(env).base_env["RAY_AUTH_TOKEN"] == "exported-token"  # the check above can fail
+
+
+def test_other_step_serving_only_for_a_live_step_of_the_same_start():
+    from vllm_hpc.serve import other_step_serving
+
+    now = 1000.0
+    ready = {"phase": "ready", "run": "0.0", "started_epoch": 10.0}
+    assert other_step_serving(ready, "0.1", now, 600, answers=True) == "0"
+    assert other_step_serving(ready, "0.1", now, 600, answers=False) is None  # died without saying so
+    assert other_step_serving(ready, "0.0", now, 600, answers=True) is None  # this very step
+    assert other_step_serving(ready, "1.0", now, 600, answers=True) is None  # a requeue starts afresh
+    starting = {"phase": "starting", "run": "0.0", "started_epoch": 900.0}
+    assert other_step_serving(starting, "0.1", now, 600, answers=False) == "0"
+    assert other_step_serving(starting, "0.1", now, 50, answers=False) is None  # past its deadlines
+    for phase in ("failed", "stopped"):
+        assert other_step_serving({**ready, "phase": phase}, "0.1", now, 600, answers=True) is None
+    assert other_step_serving({}, "0.1", now, 600, answers=True) is None

@@ -157,6 +157,11 @@ def render_status(info: dict[str, Any]) -> str:
         if endpoint.get("api_key_file"):
             lines.append(f"  api key  in {endpoint['api_key_file']}")
         lines.append(f"  try      {curl_line(endpoint)}")
+        fabric = endpoint.get("fabric") or {}
+        if fabric.get("summary"):
+            lines.append(f"  fabric   {fabric['summary']}")
+        if fabric.get("warning"):
+            lines.append(f"  WARNING  {fabric['warning']}")
     lines.append(f"  job dir  {info['job_dir']}")
     return "\n".join(lines)
 

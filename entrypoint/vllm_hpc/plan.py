@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from . import nccl
 from .errors import ConfigError, ResourceError, UsageError
 from .network import NetworkChoice
 from .settings import SYMM_MEM_ALIAS, SYMM_MEM_REAL, Settings, ray_executable
@@ -481,6 +482,11 @@ def build_plan(
     if base.get(SYMM_MEM_ALIAS) and not base.get(SYMM_MEM_REAL):
         node_env[SYMM_MEM_REAL] = base[SYMM_MEM_ALIAS]
         warnings.append(f"{SYMM_MEM_ALIAS} is not a vLLM variable; using its value for {SYMM_MEM_REAL}")
+    if not any(k.startswith("NCCL_DEBUG") for k in base):
+        # NCCL's own account of the transport it chose, one file per process, read at
+        # ready (nccl.py); a user's own NCCL_DEBUG* settings are left alone.
+        node_env.update({"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET",
+                         "NCCL_DEBUG_FILE": f"{paths.log_dir}/{nccl.LOG_PATTERN}"})
     compile_cache = options.compile_cache or settings.compile_cache
     if compile_cache:
         node_env["VLLM_CACHE_ROOT"] = compile_cache

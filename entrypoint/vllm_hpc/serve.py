@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import jobfiles
+from . import jobfiles, nccl
 from .errors import ChildDiedError, ClusterError, JobFailedError, LaunchError, NodeLostError, Signalled, VllmHpcError
 from .plan import LEADER_ADDRESS_PLACEHOLDER, Plan, ServeOptions
 from .readiness import LivenessWatcher, probe_url, wait_for_ready
@@ -354,10 +354,18 @@ class NodeRun:
             "started": jobfiles.now_iso(),
             "seconds_to_ready": round(took, 1),
         }
+        # What NCCL chose, from its logs of this run (vLLM set its communicators up while loading).
+        logs = Path(plan.paths.log_dir).parent
+        fabric = nccl.read_logs(logs, self.run_started - RUN_START_SKEW_S)
+        warning = nccl.socket_fallback_warning(fabric, nccl.local_hcas(), str(logs))
+        endpoint["fabric"] = {**fabric.as_dict(), "warning": warning}
         jobfiles.write_json(plan.paths.endpoint, endpoint)
         self._set_state("ready", endpoint=plan.paths.endpoint, url=endpoint["url"])
         self.reporter.say(f"READY: {endpoint['url']} serves '{plan.served_model_name}' (endpoint file {plan.paths.endpoint})")
         self.reporter.say("try: " + curl_line(endpoint))
+        self.reporter.say(f"fabric: {fabric.summary()}")
+        if warning:
+            self.reporter.say(f"WARNING: {warning}")
 
 
     # -- worker --------------------------------------------------------------

@@ -15,7 +15,7 @@ It does what vLLM's Ray executor does to the cluster, and no inference:
   node through the resource ``node:<VLLM_HOST_IP>``, strategy PACK, and waits for it
   (bounded, like vLLM's 1800 s; VLLM_HPC_STANDIN_PG_TIMEOUT overrides);
 - starts one actor per bundle (num_gpus=1) that reports its node IP, hostname, pid and
-  its VLLM_HOST_IP / NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME;
+  its VLLM_HOST_IP / NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME / NCCL_DEBUG_FILE;
 - serves HTTP like vLLM's server: /health, /ping, /v1/models, /v1/chat/completions,
   /v1/completions (fixed "stand-in reply" text, usage counted in whitespace-separated
   words), plus GET /standin/ranks with the actors' reports. /v1 routes require
@@ -46,7 +46,7 @@ PG_TIMEOUT_S = 1800.0  # vLLM's PG_WAIT_TIMEOUT
 ACTOR_START_TIMEOUT_S = 600.0
 PING_TIMEOUT_S = 30.0
 REPLY_WORDS = "stand-in reply from the multi-node test bed".split()
-REPORTED_ENV = ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "CUDA_VISIBLE_DEVICES")
+REPORTED_ENV = ("VLLM_HOST_IP", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "CUDA_VISIBLE_DEVICES", "NCCL_DEBUG_FILE")
 
 EXIT_OK = 0
 EXIT_FAILED = 1

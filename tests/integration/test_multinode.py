@@ -71,6 +71,11 @@ def test_multinode_job_serves_over_ray_on_ib0(cluster_name, request, tiny_model)
                 assert rank["env"]["VLLM_HOST_IP"] == ip
                 assert rank["env"]["NCCL_SOCKET_IFNAME"] == "ib0"
                 assert rank["env"]["GLOO_SOCKET_IFNAME"] == "ib0"
+                # NCCL's account of its transport goes to the rank's own node's log dir.
+                assert rank["env"]["NCCL_DEBUG_FILE"] == f"{home}/jobs/{job}/logs/{node}/nccl.%h.%p.log"
+
+        # No GPU here, so no NCCL log: the endpoint says so rather than guess.
+        assert endpoint["fabric"]["summary"].startswith("no NCCL log") and endpoint["fabric"]["warning"] is None
 
         # The script's CPUs and memory per GPU: 4 GPUs x 4 CPUs on every node.
         info = c.slurm(["scontrol", "show", "job", "-o", str(job)]).stdout

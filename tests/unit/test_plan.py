@@ -92,6 +92,14 @@ def test_user_nccl_values_pass_through_untouched():
     assert plan.env["GLOO_SOCKET_IFNAME"] == "ib0"
 
 
+def test_nccl_reports_its_transport_into_the_nodes_log_dir_unless_the_user_set_nccl_debug():
+    plan = make()
+    assert (plan.env["NCCL_DEBUG"], plan.env["NCCL_DEBUG_SUBSYS"]) == ("INFO", "INIT,NET")
+    assert plan.env["NCCL_DEBUG_FILE"] == "/home/u/.vllm-hpc/jobs/7001/logs/gpu01/nccl.%h.%p.log"
+    for user in ({"NCCL_DEBUG": "WARN"}, {"NCCL_DEBUG_FILE": "/scratch/n.%p"}):
+        assert not any(k.startswith("NCCL_DEBUG") for k in make(env=job_env(**user)).env)
+
+
 def test_symmetric_memory_alias():
     plan = make(env=job_env(VLLM_USE_SYMMETRIC_MEMORY="1"))
     assert plan.env["VLLM_ALLREDUCE_USE_SYMM_MEM"] == "1"

@@ -22,29 +22,32 @@ class RayNode:
     port: int = 0  # the raylet's (node manager's) port
 
 
-def connect(address: str, node_ip: str) -> None:
-    import logging
+class RayMembers:
+    """Ray's node table, read straight from its GCS with Ray's own GCS client: no driver,
+    so no core worker, no job registration and no log streaming in this process (a
+    driver's ray.init took most of the leader's formation time). The client is Ray's
+    internal one (ray._raylet.GcsClient), as Ray's own CLI and dashboard use it; the
+    image pins the Ray it is tested with."""
 
-    import ray
+    def __init__(self, address: str, timeout_s: float = 5.0) -> None:
+        from ray._raylet import GcsClient
 
-    # Without _node_ip_address Ray guesses this driver's address from the hostname or a
-    # route, which is the management network on most clusters (and fails with none).
-    ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING, log_to_driver=False)
+        self._client = GcsClient(address=address)
+        self._timeout = timeout_s
 
+    def read(self) -> list[RayNode]:
+        from ray.core.generated.gcs_pb2 import GcsNodeInfo
 
-def read_nodes() -> list[RayNode]:
-    import ray
-
-    return [
-        RayNode(
-            name=str(n.get("NodeName") or n.get("NodeManagerHostname") or n.get("NodeManagerAddress")),
-            ip=str(n.get("NodeManagerAddress")),
-            alive=bool(n.get("Alive")),
-            gpus=float((n.get("Resources") or {}).get("GPU", 0)),
-            port=int(n.get("NodeManagerPort") or 0),
-        )
-        for n in ray.nodes()
-    ]
+        return [
+            RayNode(
+                name=str(n.node_name or n.node_manager_hostname or n.node_manager_address),
+                ip=str(n.node_manager_address),
+                alive=n.state == GcsNodeInfo.ALIVE,
+                gpus=float(n.resources_total.get("GPU", 0)),
+                port=int(n.node_manager_port),
+            )
+            for n in self._client.get_all_node_info(timeout=self._timeout).values()
+        ]
 
 
 def membership(nodes: list[RayNode], expected: tuple[str, ...], gpus_per_node: int) -> tuple[bool, str]:
@@ -70,14 +73,14 @@ def membership(nodes: list[RayNode], expected: tuple[str, ...], gpus_per_node: i
     return not missing, seen
 
 
-def wait_for_nodes(supervisor: Supervisor, expected: tuple[str, ...], gpus_per_node: int, deadline_s: float,
-                   check: Callable[[], None] | None = None) -> float:
+def wait_for_nodes(supervisor: Supervisor, read: Callable[[], list[RayNode]], expected: tuple[str, ...], gpus_per_node: int,
+                   deadline_s: float, check: Callable[[], None] | None = None) -> float:
     """Until every expected node joined; ``check`` may raise to end the wait early."""
 
     def probe() -> tuple[bool, str]:
         if check is not None:
             check()
-        return membership(read_nodes(), expected, gpus_per_node)
+        return membership(read(), expected, gpus_per_node)
 
     return wait_for(
         supervisor,
@@ -93,15 +96,15 @@ def wait_for_nodes(supervisor: Supervisor, expected: tuple[str, ...], gpus_per_n
 class NodeWatcher(threading.Thread):
     """Fails the job as soon as a node of the job is no longer alive in Ray."""
 
-    def __init__(self, supervisor: Supervisor, expected: tuple[str, ...], interval: float = 1.0) -> None:
+    def __init__(self, supervisor: Supervisor, read: Callable[[], list[RayNode]], expected: tuple[str, ...], interval: float = 1.0) -> None:
         super().__init__(name="ray-nodes", daemon=True)
-        self.supervisor, self.expected, self.interval = supervisor, expected, interval
+        self.supervisor, self.read, self.expected, self.interval = supervisor, read, expected, interval
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
             try:
-                nodes = read_nodes()
+                nodes = self.read()
             except Exception as err:  # noqa: BLE001 - any failure to read the GCS is fatal here
                 if self.stopping.is_set():
                     return

@@ -292,18 +292,22 @@ class NodeRun:
         plan = self.plan
         token = jobfiles.new_secret()
         jobfiles.write_private(plan.paths.ray_token, token + "\n")
-        Path(plan.paths.leader).unlink(missing_ok=True)
         # This process talks to Ray as a client too: it needs the same token settings.
         for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED"):
             os.environ[key] = str(plan.env[key])
         os.environ.pop("RAY_AUTH_TOKEN", None)
-        # Ray's default GCS reconnect time (60 s) stays: a shorter one makes Ray's core
-        # worker end this process in the middle of a stop, when the head goes first.
         # Importing Ray takes seconds: do it while the head starts.
-        importer = threading.Thread(target=importlib.import_module, args=("ray",), daemon=True)
+        importer = threading.Thread(target=importlib.import_module, args=("ray._raylet",), daemon=True)
         importer.start()
-        self.supervisor.start(plan.command("ray-head"), self._env("ray-head"))
         gcs = plan.ports["ray_gcs"]
+        # Published before the head is up, so that the workers' `ray start` runs beside
+        # the head's (a worker waits for the head's GCS to answer, and is retried).
+        jobfiles.write_json(
+            plan.paths.leader,
+            {"ip": plan.node_ip, "ray_gcs": gcs, "hostname": plan.hostname, "run": self.slurm.generation,
+             "published_epoch": time.time(), "job_id": plan.job_id},
+        )
+        self.supervisor.start(plan.command("ray-head"), self._env("ray-head"))
         wait_for(
             self.supervisor,
             f"Ray head on {plan.node_ip}:{gcs}",
@@ -312,25 +316,17 @@ class NodeRun:
             ClusterError,
             "see the ray-head log in the job directory",
         )
-        jobfiles.write_json(
-            plan.paths.leader,
-            {"ip": plan.node_ip, "ray_gcs": gcs, "hostname": plan.hostname, "run": self.slurm.generation,
-             "published_epoch": time.time(), "job_id": plan.job_id},
-        )
-        from .raycluster import NodeWatcher, PortWatcher, connect, read_nodes, wait_for_nodes
+        from .raycluster import NodeWatcher, PortWatcher, RayMembers, wait_for_nodes
 
         importer.join()
-        connect(f"{plan.node_ip}:{gcs}", plan.node_ip)
+        members = RayMembers(f"{plan.node_ip}:{gcs}")
         self.ray_connected = True
-        # Ray's core worker installs a SIGTERM handler that aborts the process; ours
-        # must win so that a stop stops the server and Ray in order.
-        self.supervisor.install_signal_handlers()
         others = [n for n in plan.nodes if n != plan.hostname]
-        wait_for_nodes(self.supervisor, plan.nodes, plan.gpus_per_node, plan.deadlines.join,
+        wait_for_nodes(self.supervisor, members.read, plan.nodes, plan.gpus_per_node, plan.deadlines.join,
                        check=lambda: self._check_home_is_shared(others))
         # Each worker's own port: a node whose block was busy moved to another.
-        workers = {n.name: (n.ip, n.port) for n in read_nodes() if n.alive and n.name != plan.hostname}
-        for watcher in (NodeWatcher(self.supervisor, plan.nodes), PortWatcher(self.supervisor, workers)):
+        workers = {n.name: (n.ip, n.port) for n in members.read() if n.alive and n.name != plan.hostname}
+        for watcher in (NodeWatcher(self.supervisor, members.read, plan.nodes), PortWatcher(self.supervisor, workers)):
             self._watch(watcher)
 
     def _publish_endpoint(self, base_url: str, took: float) -> None:

@@ -3,7 +3,10 @@
 # Run under srun, one task per node. PEER_MODE:
 #   fixed-sleep  head first, then the workers after a fixed sleep of 10 s plus 5 s per
 #                worker rank, as launch scripts that `sleep` between steps do;
-#   poll-5s      workers start at once; the driver polls the node list every 5 s.
+#   poll-5s      workers start at once; the driver polls the node list every 5 s;
+#   ray-floor    Ray's own floor: head and workers start at once (a worker waits for
+#                the head's GCS), and the node table is read every 0.25 s through
+#                Ray's GCS client, without a driver.
 # Writes {"last_task_start": epoch, "joined": epoch} to PEER_RESULT when the driver sees
 # every node. Needs RAY_BIN, RAY_PYTHON, HEAD_IP, RAY_PORT, PEER_MODE, PEER_RESULT.
 set -euo pipefail
@@ -17,17 +20,29 @@ if [[ $SLURM_NODEID == 0 ]]; then
     "$RAY_BIN" start --head --port "$RAY_PORT" --include-dashboard=false "${common[@]}" &
     interval=0.25
     if [[ $PEER_MODE == poll-5s ]]; then interval=5; fi
-    "$RAY_PYTHON" - "$ip" "$RAY_PORT" "$SLURM_JOB_NUM_NODES" "$interval" "$starts" "$PEER_RESULT" <<'PY'
+    "$RAY_PYTHON" - "$ip" "$RAY_PORT" "$SLURM_JOB_NUM_NODES" "$interval" "$starts" "$PEER_RESULT" "$PEER_MODE" <<'PY'
 import json, sys, time
-import ray
-ip, port, want, interval, starts, result = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
-while True:
-    try:
-        ray.init(address=f"{ip}:{port}", _node_ip_address=ip, logging_level="ERROR")
-        break
-    except Exception:
-        time.sleep(0.5)
-while len([n for n in ray.nodes() if n["Alive"]]) < want:
+ip, port, want, interval, starts, result, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
+if mode == "ray-floor":
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    while True:
+        try:
+            client = GcsClient(address=f"{ip}:{port}")
+            break
+        except Exception:
+            time.sleep(0.1)
+    alive = lambda: sum(1 for n in client.get_all_node_info(timeout=5).values() if n.state == GcsNodeInfo.ALIVE)
+else:
+    import ray
+    while True:
+        try:
+            ray.init(address=f"{ip}:{port}", _node_ip_address=ip, logging_level="ERROR")
+            break
+        except Exception:
+            time.sleep(0.5)
+    alive = lambda: len([n for n in ray.nodes() if n["Alive"]])
+while alive() < want:
     time.sleep(interval)
 joined = time.time()
 last = max(float(x) for x in open(starts).read().split())

@@ -51,6 +51,8 @@ def _serve_options(func: Callable) -> Callable:
         click.option("--liveness-interval", type=click.FloatRange(0), help="Seconds between liveness completions; 0 turns it off [default: 60]."),
         click.option("--stop-timeout", type=click.FloatRange(1), default=10.0, show_default=True, help="Seconds each part gets to stop before it is killed."),
         click.option("--compile-cache", type=click.Path(file_okay=False), help="Persistent vLLM cache dir (torch.compile, Triton) shared between jobs."),
+        click.option("--fabric-check", is_flag=True, envvar="VLLM_HPC_FABRIC_CHECK",
+                     help="Several nodes: measure the fabric (as doctor --fabric) before Ray and vLLM start; a node that cannot take part fails the job."),
         click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED),
     ]
     for option in reversed(options):
@@ -276,9 +278,23 @@ def chat(args: tuple[str, ...], system: str, max_tokens: int, temperature: float
 @click.option("--model", help="Also check that this model directory is readable here.")
 @click.option("--interface", envvar="VLLM_HPC_INTERFACE", help="Check this interface instead of the automatic choice.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor(model: str | None, interface: str | None, as_json: bool) -> None:
+@click.option("--fabric", is_flag=True,
+              help="Instead, measure the fabric between the job's nodes: an all-reduce (NCCL on GPUs, Gloo without) and "
+                   "each node's link to the leader; run under srun, one task per node.")
+@click.option("--fabric-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="How long the nodes wait for each other before the missing ones are named.")
+def doctor(model: str | None, interface: str | None, as_json: bool, fabric: bool, fabric_timeout: float) -> None:
     """Check this node before serving: run it under srun on every node of a job."""
     from .doctor import render_checks, run_checks
+
+    if fabric:
+        from .doctor import fabric_test
+        from .fabric import render
+
+        result = fabric_test(dict(os.environ), interface, fabric_timeout, lambda line: click.echo(line, err=True))
+        if result is not None:
+            click.echo(json.dumps(result, indent=2) if as_json else render(result))
+        return
 
     checks = run_checks(dict(os.environ), model, interface)
     click.echo(json.dumps(checks, indent=2) if as_json else render_checks(checks))

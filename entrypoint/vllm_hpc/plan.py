@@ -42,6 +42,8 @@ PORT_OFFSETS = {
     "ray_dashboard_metrics": 11,
 }
 WORKER_PORT_FIRST, WORKER_PORT_LAST = 20, 99
+# serve --fabric-check: how long the nodes wait for each other at the leader's address.
+FABRIC_CHECK_MEET_S = 120.0
 
 DEFAULT_JOIN_TIMEOUT = 600.0
 DEFAULT_READY_TIMEOUT = 1800.0
@@ -89,6 +91,7 @@ class ServeOptions:
     liveness_interval: float | None = None
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     compile_cache: str | None = None
+    fabric_check: bool = False
     extra_args: tuple[str, ...] = ()
 
 
@@ -536,6 +539,17 @@ def build_plan(
                 f"{paths.log_dir}/{ray_name}.log",
             )
         )
+    if multi and options.fabric_check:
+        # Every node, before Ray and vLLM: the same test as `doctor --fabric`, in a child
+        # process so that no CUDA context of it stays on the GPU vLLM is about to fill.
+        meet = min(deadlines.join, FABRIC_CHECK_MEET_S)
+        commands.insert(0, Command(
+            "fabric-check",
+            (settings.python, "-m", "vllm_hpc", "doctor", "--fabric", "--interface", network.interface,
+             "--fabric-timeout", f"{meet:g}"),
+            {},
+            f"{paths.log_dir}/fabric-check.log",
+        ))  # fmt: skip
     if role in ("single", "leader"):
         server_env: dict[str, str | Secret] = {}
         if api_key_mode != "none":

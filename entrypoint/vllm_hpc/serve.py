@@ -15,11 +15,11 @@ from pathlib import Path
 
 from . import jobfiles, nccl
 from .errors import ChildDiedError, ClusterError, JobFailedError, LaunchError, NodeLostError, Signalled, VllmHpcError
-from .plan import LEADER_ADDRESS_PLACEHOLDER, Plan, ServeOptions
+from .plan import FABRIC_CHECK_MEET_S, LEADER_ADDRESS_PLACEHOLDER, Plan, ServeOptions
 from .readiness import LivenessWatcher, probe_url, wait_for_ready
 from .settings import ENV_API_KEY, Settings
 from .slurm import SlurmEnv
-from .supervisor import RAY_STOP_AFTER_NODE_LOSS_S, RAY_STOP_TIMEOUT_S, Reporter, Supervisor, resolve_env, wait_for
+from .supervisor import RAY_STOP_AFTER_NODE_LOSS_S, RAY_STOP_TIMEOUT_S, Reporter, Supervisor, resolve_env, stop_process_tree, wait_for
 
 # A worker's Ray that ran this long had joined; its end then means the leader went away.
 WORKER_JOINED_AFTER_S = 20.0
@@ -307,6 +307,7 @@ class NodeRun:
             {"ip": plan.node_ip, "ray_gcs": gcs, "hostname": plan.hostname, "run": self.slurm.generation,
              "published_epoch": time.time(), "job_id": plan.job_id},
         )
+        self._fabric_check()
         self.supervisor.start(plan.command("ray-head"), self._env("ray-head"))
         wait_for(
             self.supervisor,
@@ -364,10 +365,37 @@ class NodeRun:
             self.reporter.say(f"WARNING: {warning}")
 
 
+    # -- fabric check ----------------------------------------------------------
+    def _fabric_check(self) -> None:
+        """--fabric-check: every node takes part in `doctor --fabric` once the leader is
+        known, before Ray and vLLM; a node that cannot fails the job, named."""
+        plan = self.plan
+        command = next((c for c in plan.commands if c.name == "fabric-check"), None)
+        if command is None:
+            return
+        self.reporter.say("fabric check: measuring the links between the nodes before Ray and vLLM start")
+        child = self.supervisor.start(command, self._env("fabric-check"))
+        self.supervisor.children.remove(child)  # its end is expected; it is awaited here
+        try:
+            wait_for(self.supervisor, "the fabric check", lambda: (not child.alive(), "measuring"),
+                     FABRIC_CHECK_MEET_S + 120, ClusterError, f"see {command.log}")
+        finally:
+            if child.alive():
+                stop_process_tree(child, 5.0, self.reporter)
+        lines = child.tail(40).splitlines()
+        if child.process.returncode != 0:
+            errors = [line.split("error: ", 1)[1] for line in lines if line.startswith("vllm-hpc: error: ")]
+            raise ClusterError(f"fabric check on {plan.hostname}: {errors[-1] if errors else 'exit ' + str(child.process.returncode)}",
+                               f"see {command.log}; vllm-hpc doctor --fabric under srun repeats the test")
+        for line in lines:
+            if line.startswith(("fabric:", "  all-reduce", "  pair")):
+                self.reporter.say(line.strip())
+
     # -- worker --------------------------------------------------------------
     def _run_worker(self) -> None:
         plan = self.plan
         leader = self._wait_for_leader()
+        self._fabric_check()
         command = plan.command("ray-worker")
         argv = tuple(a.replace(LEADER_ADDRESS_PLACEHOLDER, f"{leader['ip']}:{leader['ray_gcs']}") for a in command.argv)
         live_command = dataclasses.replace(command, argv=argv)

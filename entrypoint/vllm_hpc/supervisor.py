@@ -44,6 +44,15 @@ def resolve_env(base: Mapping[str, str], *layers: Mapping[str, str | Secret], re
     return env
 
 
+def _process_start() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - psutil missing or /proc unreadable: count from now
+        return time.time()
+
+
 class Reporter:
     """Progress and status lines: to stderr (the Slurm output) and the node's log."""
 
@@ -51,12 +60,14 @@ class Reporter:
         self.stream = stream
         self.prefix = prefix
         self.log_path = log_path
-        self.started = time.monotonic()
+        # "+N.Ns" counts from this process's start (srun starting it on the node), so the
+        # nodes' lines form one timeline of the job's start-up.
+        self.started = _process_start()
 
     def say(self, message: str) -> None:
         now = time.time()
         stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
-        line = f"[vllm-hpc {self.prefix} {stamp} +{time.monotonic() - self.started:.1f}s] {message}"
+        line = f"[vllm-hpc {self.prefix} {stamp} +{now - self.started:.1f}s] {message}"
         print(line, file=self.stream, flush=True)
         if self.log_path:
             try:

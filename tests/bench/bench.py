@@ -146,7 +146,8 @@ def bench_warm(work: Path) -> dict:
 
 
 def _log_times(job_dir: Path, nodes: list[str]) -> tuple[float, float]:
-    """(last node's first log line, the leader's 'all nodes joined' line), as epoch seconds."""
+    """(last node's vllm-hpc process start, the leader's 'all nodes joined' line), as epoch
+    seconds; a line's "+N.Ns" counts from its process's start."""
     day = datetime.now().strftime("%Y-%m-%d")
 
     def stamp(line: str) -> float:
@@ -156,7 +157,7 @@ def _log_times(job_dir: Path, nodes: list[str]) -> tuple[float, float]:
     starts, joined = [], None
     for node in nodes:
         lines = (job_dir / "logs" / node / "vllm-hpc.log").read_text().splitlines()
-        starts.append(stamp(lines[0]))
+        starts.append(stamp(lines[0]) - float(lines[0].split("]")[0].split()[3].strip("+s")))
         for line in lines:
             if "to join the Ray cluster: done" in line:
                 joined = stamp(line)

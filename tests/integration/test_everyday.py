@@ -80,3 +80,50 @@ def test_doctor_fails_on_a_missing_model(cluster2, tmp_path):
     assert result.returncode != 0
     assert "FAIL model" in result.stdout and "put the model on a file system every node mounts" in result.stdout
 
+
+def test_doctor_fabric_measures_each_link_and_names_a_node_whose_link_is_down(cluster3):
+    c = cluster3
+    env = job_env(c, job_home("fabric"))
+
+    def fabric(timeout: int) -> subprocess.CompletedProcess:
+        argv = ["srun", "--nodes=3", "--ntasks-per-node=1", VLLM_HPC, "doctor", "--fabric", "--interface", "ib0",
+                "--fabric-timeout", str(timeout), "--json"]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+
+    result = fabric(60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert (data["backend"], data["interface"], data["nodes"]) == ("gloo", "ib0", c.node_names)
+    assert [row["bytes"] for row in data["allreduce"]] == [1 << 20, 16 << 20, 64 << 20]
+    assert all(row["bus_gbs"] > 0 and row["ms"] > 0 for row in data["allreduce"])
+    assert sorted(data["pairs"]) == ["gpu01<->gpu02", "gpu01<->gpu03"] and all(v > 0 for v in data["pairs"].values())
+    from vllm_hpc.fabric import render
+
+    print("\n" + render(data))
+
+    # gpu03's fabric link goes down: the leader names it, no traceback anywhere.
+    c.node_exec("gpu03", ["ip", "link", "set", "ib0", "down"], check=True)
+    try:
+        result = fabric(10)
+    finally:
+        c.node_exec("gpu03", ["ip", "link", "set", "ib0", "up"], check=True)
+    print(result.stderr[-1500:])
+    assert result.returncode != 0
+    assert "gpu03 did not reach the leader's fabric address" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_fabric_check_reports_the_links_before_ray_starts(cluster2, tiny_model):
+    c = cluster2
+    job, env, home, out = submit_standin_job(c, "fabric-check", tiny_model, ["--nodes=2", "--gpus-per-node=4"], [],
+                                             VLLM_HPC_FABRIC_CHECK="1")
+    try:
+        wait_ready(job, env, out)
+        text = out.read_text()
+        assert "fabric: gloo over ib0 across 2 nodes (gpu01, gpu02)" in text, text[-3000:]
+        assert "pair gpu01<->gpu02" in text and "all-reduce   64 MiB" in text
+        # Before Ray: the leader's table comes before its Ray head starts.
+        assert text.index("fabric: gloo") < text.index("started ray-head")
+    finally:
+        c.slurm(["scancel", str(job)], check=False)
+

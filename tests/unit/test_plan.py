@@ -229,3 +229,12 @@ def test_other_step_serving_only_for_a_live_step_of_the_same_start():
     for phase in ("failed", "stopped"):
         assert other_step_serving({**ready, "phase": phase}, "0.1", now, 600, answers=True) is None
     assert other_step_serving({}, "0.1", now, 600, answers=True) is None
+
+
+def test_fabric_check_runs_doctor_fabric_first_on_every_node_of_a_multi_node_job():
+    plan = make(options=ServeOptions(model="/m", fabric_check=True))
+    assert [c.name for c in plan.commands] == ["fabric-check", "ray-head", "server"]
+    argv = plan.command("fabric-check").argv
+    assert argv[1:6] == ("-m", "vllm_hpc", "doctor", "--fabric", "--interface") and argv[6] == "ib0"
+    assert "fabric-check" not in [c.name for c in make().commands]
+

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -125,6 +126,22 @@ def run(plan: FabricPlan) -> dict[str, Any] | None:
     os.environ.setdefault("NCCL_SOCKET_IFNAME", plan.interface)
     store = _meet(plan)
     device = torch.device("cuda", 0) if plan.backend == "nccl" else torch.device("cpu")
+    # Gloo and NCCL print progress on standard output: to stderr with it, so that the
+    # leader's table (or --json) is all that standard output holds.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        return _measure(plan, store, device)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _measure(plan: FabricPlan, store, device) -> dict[str, Any] | None:  # noqa: ANN001 - torch objects
+    import torch
+    import torch.distributed as dist
+
     dist.init_process_group(plan.backend, store=dist.PrefixStore("fabric", store), rank=plan.rank, world_size=plan.world,
                             timeout=timedelta(seconds=120))
     try:

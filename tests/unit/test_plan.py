@@ -43,7 +43,7 @@ def test_leader_plan_multi_node():
     head, server = plan.commands
     assert "--head" in head.argv and head.argv[head.argv.index("--node-ip-address") + 1] == "10.10.0.2"
     assert head.argv[head.argv.index("--num-gpus") + 1] == "4"
-    assert "--include-dashboard=false" in head.argv
+    assert "--include-dashboard=false" in head.argv and "--no-monitor" in head.argv
     assert head.argv[head.argv.index("--temp-dir") + 1] == "/tmp/vhpc-7001"
     argv = list(server.argv)
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]

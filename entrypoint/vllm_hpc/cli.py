@@ -274,6 +274,143 @@ def chat(args: tuple[str, ...], system: str, max_tokens: int, temperature: float
         click.echo(reply["choices"][0]["message"]["content"])
 
 
+LAUNCH_EPILOG = """\b
+Serve options (--served-model-name, --max-model-len, ...) and, after `--`, vLLM's own
+options go to the job unchanged. Site defaults (partition, account, image, bind, ...):
+~/.vllm-hpc/defaults, one `key = value` per line, or VLLM_HPC_<KEY> variables.
+
+\b
+Examples:
+  vllm-hpc launch --model /models/X --wait
+  vllm-hpc launch --model /models/X --nodes 2 --gpus-per-node 4 --partition gpu --time 8:00:00
+  vllm-hpc launch --model /models/X --gpus-per-node 4 --dry-run -- --max-model-len 8192
+"""
+
+
+@cli.command(epilog=LAUNCH_EPILOG, context_settings={"ignore_unknown_options": True})
+@click.option("--model", required=True, help="Model directory (with config.json), readable on the job's nodes.")
+@click.option("--nodes", type=click.IntRange(1), default=1, show_default=True, help="Nodes (several: Ray, pipeline parallel = nodes).")
+@click.option("--gpus-per-node", type=click.IntRange(0), help="GPUs per node [default: the site's, else 1].")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--account", help="Slurm account.")
+@click.option("--qos", help="Slurm QOS.")
+@click.option("--time", help="Walltime, as sbatch takes it [default: the script's 04:00:00].")
+@click.option("--exclude", help="Nodes to leave out.")
+@click.option("--nodelist", help="Nodes to use.")
+@click.option("--constraint", help="Node features.")
+@click.option("--reservation", help="Slurm reservation.")
+@click.option("--cpus-per-gpu", help="CPUs per GPU [default: the script's 4].")
+@click.option("--mem-per-gpu", help="Memory per GPU [default: the script's 32G].")
+@click.option("--job-name", help="Job name [default: vllm-hpc].")
+@click.option("--image", help="The image (the scripts' VLLM_HPC_IMAGE) [default: the site's, else ./vllm-hpc.sif].")
+@click.option("--bind", help="Extra Apptainer binds, comma separated (the scripts' VLLM_HPC_BIND).")
+@click.option("--sbatch", "sbatch_extra", multiple=True, help="Any other sbatch option, as one word (--sbatch=--mail-type=END).")
+@click.option("--dry-run", is_flag=True, help="Print the sbatch command; submit nothing.")
+@click.option("--wait", "wait_ready", is_flag=True, help="Block until the server is ready; print the endpoint.")
+@click.option("--timeout", type=click.FloatRange(1), default=1800.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+def launch(model: str, nodes: int, gpus_per_node: int | None, sbatch_extra: tuple[str, ...], dry_run: bool, wait_ready: bool,
+           timeout: float, as_json: bool, script_args: tuple[str, ...], **slurm: str | None) -> None:
+    """Submit a vllm-hpc job from a login node: picks the sbatch script for the shape."""
+    from .launch import check_serve_args, compose, read_defaults, submit
+    from .settings import read_settings
+
+    environ = dict(os.environ)
+    defaults = read_defaults(environ, read_settings(environ).home)
+    script_args = _with_separator(script_args)
+    check_serve_args(model, script_args)
+    submission = compose(model, nodes, gpus_per_node, slurm, defaults, script_args, sbatch_extra)
+    if dry_run:
+        click.echo(json.dumps({"configuration": submission.configuration, "argv": list(submission.argv), "env": submission.env}, indent=2)
+                   if as_json else submission.shown())
+        return
+    job = submit(submission, environ)
+    if not wait_ready:
+        click.echo(json.dumps({"job_id": job, "configuration": submission.configuration}) if as_json
+                   else f"submitted job {job} ({submission.configuration}); follow it with: vllm-hpc wait {job}")
+        return
+    click.echo(f"submitted job {job} ({submission.configuration}); waiting until it serves", err=True)
+    from .client import render_status, wait_until_ready
+
+    info = wait_until_ready(job, timeout)
+    click.echo(json.dumps(info, indent=2) if as_json else render_status(info))
+
+
+@cli.command("env", short_help="Print the exports that point any OpenAI client at a ready job.")
+@click.argument("job_id", required=False)
+def env_command(job_id: str | None) -> None:
+    """Print `export OPENAI_BASE_URL=... OPENAI_API_KEY=... OPENAI_MODEL=...` for a ready
+    job: `eval "$(vllm-hpc env JOBID)"` points any OpenAI SDK, curl or harness at it."""
+    from .client import connection, env_lines
+
+    click.echo("\n".join(env_lines(connection(job_id))))
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+@click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True, help="Seconds to wait for Slurm to end the job.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+def stop(job_id: str | None, timeout: float, as_json: bool) -> None:
+    """Stop a job in order (server, then Ray, as on the walltime warning), wait until
+    Slurm says it ended, and say how it ended. A job still queued is cancelled."""
+    from .client import render_status, stop_job
+
+    info = stop_job(job_id, timeout)
+    click.echo(json.dumps(info, indent=2) if as_json else render_status(info))
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+@click.option("--watch", type=click.FloatRange(1), help="Refresh every S seconds until Ctrl-C (in place in a terminal, JSON lines otherwise).")
+@click.option("--interval", type=click.FloatRange(0.5), default=2.0, show_default=True, help="Seconds between the two samples of one report.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per line with --watch).")
+def metrics(job_id: str | None, watch: float | None, interval: float, as_json: bool) -> None:
+    """How loaded the server is: requests running and waiting, token throughput, KV-cache
+    use, prefix-cache hits, TTFT and end-to-end latency percentiles, aborted requests."""
+    from .client import connection
+    from .metrics import fetch, render, summarize
+
+    conn = connection(job_id)
+    base = conn["base_url"].removesuffix("/v1")
+    terminal = sys.stdout.isatty() and not as_json
+    before = fetch(base, time.time())
+    while True:
+        time.sleep(watch or interval)
+        after = fetch(base, time.time())
+        figures = summarize(before, after)
+        if as_json or (watch and not terminal):
+            click.echo(json.dumps({"job_id": conn["job_id"], "model": conn["model"], "time": after.taken, **figures}))
+        else:
+            click.echo(("\x1b[H\x1b[2J" if terminal and watch else "") + render(conn["job_id"], conn["model"], figures))
+        if not watch:
+            return
+        before = after
+
+
+@cli.command()
+@click.option("--all", "include_ended", is_flag=True, help="Also the jobs that ended.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def jobs(include_ended: bool, as_json: bool) -> None:
+    """List this user's vllm-hpc jobs: id, phase, Slurm state, model, nodes, age, URL."""
+    from .client import list_jobs, render_jobs
+
+    rows = list_jobs(include_ended)
+    click.echo(json.dumps(rows, indent=2) if as_json else render_jobs(rows, time.time()))
+
+
+@cli.command()
+@click.option("--older-than", default="7d", show_default=True, help="Only jobs whose files are older: 7d, 12h, 30m or seconds.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed.")
+def cleanup(older_than: str, dry_run: bool) -> None:
+    """Remove the directories of ended jobs (never one Slurm still runs or holds)."""
+    from .client import cleanup_jobs, parse_age
+
+    removed = cleanup_jobs(parse_age(older_than), dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(removed)} job director{'y' if len(removed) == 1 else 'ies'}" + (f": {', '.join(removed)}" if removed else ""))
+
+
 @cli.command()
 @click.option("--model", help="Also check that this model directory is readable here.")
 @click.option("--interface", envvar="VLLM_HPC_INTERFACE", help="Check this interface instead of the automatic choice.")
@@ -305,8 +442,23 @@ def doctor(model: str | None, interface: str | None, as_json: bool, fabric: bool
         sys.exit(EXIT_DOCTOR)
 
 
+# The command line as given: click drops the `--` before vLLM's own options of
+# `launch`, which must reach the job's serve command with it.
+_RAW_ARGS: list[str] = []
+
+
+def _with_separator(args: tuple[str, ...]) -> tuple[str, ...]:
+    """``args`` (click's, after the known options) with the user's `--` put back."""
+    if "--" not in _RAW_ARGS:
+        return args
+    after = len(_RAW_ARGS) - _RAW_ARGS.index("--") - 1
+    cut = len(args) - after
+    return (*args[:cut], "--", *args[cut:])
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error, exit codes from errors.py."""
+    _RAW_ARGS[:] = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=argv, prog_name="vllm-hpc", standalone_mode=False)
     except click.exceptions.Exit as done:

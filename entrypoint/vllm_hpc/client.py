@@ -126,6 +126,8 @@ def job_status(job_id: str | None) -> dict[str, Any]:
     if is_stale(state, queue, run_start):
         state, endpoint = {}, None
     slurm_known = bool(shutil.which("squeue")) and job.replace("_", "").isdigit()
+    if queue is not None and not state and not job_dir.exists():
+        _refuse_others_job(job)
     phase = _phase(state.get("phase"), queue, slurm_known)
     if phase is None:
         raise NoJobError(f"job {job} is unknown to Slurm and has no state in {job_dir}", "check the job id with squeue")
@@ -142,6 +144,16 @@ def job_status(job_id: str | None) -> dict[str, Any]:
         "job_dir": str(job_dir),
         "updated": state.get("updated"),
     }
+
+
+def _refuse_others_job(job: str) -> None:
+    """A job Slurm lists that has no directory here may be another user's."""
+    import getpass
+
+    owner = (_squeue(job, "%u") or [""])[0]
+    me = getpass.getuser()
+    if owner and owner != me:
+        raise NoJobError(f"job {job} belongs to {owner}, not to you ({me})", "give one of your own job ids (vllm-hpc jobs lists them)")
 
 
 def render_status(info: dict[str, Any]) -> str:
@@ -217,3 +229,146 @@ def chat_once(job_id: str | None, message: str, system: str, max_tokens: int, te
     if reply.status_code != 200:
         raise NotReadyError(f"{endpoint['url']} answered {reply.status_code}: {reply.text[:200]}", "check the server log in the job directory")
     return reply.json()
+
+
+# -- the Python API and the login-node commands: env, stop, jobs, cleanup ----------
+
+
+def connection(job_id: str | None = None) -> dict[str, Any]:
+    """What any OpenAI client needs for a ready job: ``base_url``, ``api_key`` (read
+    from the job's 0600 key file now, never stored elsewhere; None without a key) and
+    ``model``. The documented Python API::
+
+        from openai import OpenAI
+        from vllm_hpc.client import connection
+        c = connection("123456")
+        OpenAI(base_url=c["base_url"], api_key=c["api_key"] or "none").completions.create(model=c["model"], ...)
+    """
+    info = job_status(job_id)
+    endpoint = info.get("endpoint")
+    if not endpoint:
+        raise NoJobError(f"job {info['job_id']} is {info['phase']}, not ready", "wait with: vllm-hpc wait " + info["job_id"])
+    key = jobfiles.read_secret_file(endpoint["api_key_file"], "API key") if endpoint.get("api_key_file") else None
+    return {"job_id": info["job_id"], "base_url": endpoint["url"], "api_key": key, "model": endpoint["model"]}
+
+
+def env_lines(conn: dict[str, Any]) -> list[str]:
+    """Pure: shell lines that point any OpenAI SDK, curl or harness at the job."""
+    import shlex
+
+    lines = [f"export OPENAI_BASE_URL={shlex.quote(conn['base_url'])}"]
+    lines.append(f"export OPENAI_API_KEY={shlex.quote(conn['api_key'] or 'none')}")
+    lines.append(f"export OPENAI_MODEL={shlex.quote(conn['model'])}")
+    return lines
+
+
+ENDED_PHASES = ("failed", "ended", "stopped")
+
+
+def stop_job(job_id: str | None, timeout: float, interval: float = 1.0) -> dict[str, Any]:
+    """An ordered stop, the walltime warning's path: the stop-request file in the job
+    directory, which every node of the job watches; a job still waiting in the queue
+    is cancelled. Waits until Slurm says the job ended and returns its last status."""
+    info = job_status(job_id)
+    job = info["job_id"]
+    if info["phase"] in ENDED_PHASES:
+        return info
+    if info["phase"] == "pending":
+        subprocess.run(["scancel", job], capture_output=True, text=True, timeout=30, check=False)
+    else:
+        jobfiles.write_private(Path(info["job_dir"]) / "stop-request", f"vllm-hpc stop {time.time()}\n")
+    start = last_report = time.monotonic()
+    while True:
+        queue, _ = slurm_view(job)
+        if queue is None or queue in FINAL_SLURM_STATES:
+            final = job_status(job)
+            final["slurm_state"] = queue or final.get("slurm_state")
+            return final
+        if time.monotonic() - start > timeout:
+            raise NotReadyError(f"job {job} still {queue} {timeout:.0f}s after the stop request",
+                                f"wait longer with --timeout, or end it at once with scancel {job}")
+        if time.monotonic() - last_report >= 10:
+            print(f"[vllm-hpc] stopping job {job}: Slurm says {queue} ({time.monotonic() - start:.0f}s of {timeout:.0f}s)",
+                  file=sys.stderr, flush=True)
+            last_report = time.monotonic()
+        time.sleep(interval)
+
+
+def list_jobs(include_ended: bool) -> list[dict[str, Any]]:
+    """Every job of the job directory, newest first, with its phase and endpoint."""
+    jobs = _jobs_dir()
+    rows = []
+    for job_dir in jobs.iterdir() if jobs.is_dir() else []:
+        if not (job_dir / "state.json").exists():
+            continue
+        try:
+            info = job_status(job_dir.name)
+        except (NoJobError, JobFailedError):
+            continue
+        if info["phase"] in ENDED_PHASES and not include_ended:
+            continue
+        state = jobfiles.read_json(job_dir / "state.json") or {}
+        endpoint = info.get("endpoint") or {}
+        rows.append({
+            "job_id": info["job_id"],
+            "array_id": state.get("array_id"),
+            "phase": info["phase"],
+            "slurm_state": info.get("slurm_state"),
+            "model": endpoint.get("model"),
+            "nodes": state.get("nodes") or [],
+            "url": endpoint.get("url"),
+            "started_epoch": state.get("started_epoch"),
+            "job_dir": str(job_dir),
+        })  # fmt: skip
+    return sorted(rows, key=lambda r: r["started_epoch"] or 0, reverse=True)
+
+
+def render_jobs(rows: list[dict[str, Any]], now: float) -> str:
+    """Pure: one line per job."""
+    if not rows:
+        return "no vllm-hpc jobs (vllm-hpc jobs --all also lists ended ones)"
+    lines = [f"{'JOBID':<12} {'PHASE':<9} {'SLURM':<11} {'MODEL':<20} {'NODES':<16} {'AGE':>7}  URL"]
+    for r in rows:
+        age = _age(now - r["started_epoch"]) if r["started_epoch"] else "?"
+        shown = r["array_id"] or r["job_id"]
+        lines.append(f"{shown:<12} {r['phase']:<9} {r['slurm_state'] or '-':<11} {(r['model'] or '-')[:20]:<20}"
+                     f" {','.join(r['nodes'])[:16] or '-':<16} {age:>7}  {r['url'] or '-'}")
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def parse_age(text: str) -> float:
+    """Pure: '7d', '12h', '30m', '90s' or plain seconds, to seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        from .errors import UsageError
+
+        raise UsageError(f"--older-than '{text}' is not an age", "give it as 7d, 12h, 30m or seconds") from None
+    return seconds
+
+
+def cleanup_jobs(older_than_s: float, dry_run: bool) -> list[str]:
+    """Removes the directories of ended jobs (failed, stopped, ended) last written more
+    than ``older_than_s`` ago; a job Slurm still runs or holds is never touched."""
+    removed = []
+    cutoff = time.time() - older_than_s
+    for row in list_jobs(include_ended=True):
+        if row["phase"] not in ENDED_PHASES:
+            continue
+        job_dir = Path(row["job_dir"])
+        newest = max((p.stat().st_mtime for p in job_dir.rglob("*") if p.is_file()), default=job_dir.stat().st_mtime)
+        if newest > cutoff:
+            continue
+        if not dry_run:
+            shutil.rmtree(job_dir)
+        removed.append(row["job_id"])
+    return removed

@@ -72,7 +72,7 @@ WORKER_STOP_WAIT_S = 30.0
 
 
 class StopRequestWatcher(threading.Thread):
-    """The walltime warning, as the sbatch scripts pass it on: a stop-request file in the
+    """The walltime warning as the sbatch scripts pass it on, and `vllm-hpc stop`: a stop-request file in the
     job directory, so that only vllm-hpc hears it and stops the server, then Ray, in
     order (a signal to the step would reach vLLM and Ray at the same moment)."""
 
@@ -84,8 +84,8 @@ class StopRequestWatcher(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
             if _written_since(Path(self.path), self.since):
-                self.supervisor.reporter.say("stop requested (the walltime warning): stopping the server, then Ray")
-                self.supervisor.fail(Signalled(signal.SIGUSR1, "the walltime warning"))
+                self.supervisor.reporter.say("stop requested (the walltime warning or vllm-hpc stop): stopping the server, then Ray")
+                self.supervisor.fail(Signalled(signal.SIGUSR1, "a stop request"))
                 return
 
 
@@ -415,7 +415,7 @@ class NodeRun:
                         # The leader stops its server first; this node's Ray goes after it.
                         requested = requested or time.monotonic()
                         if state == "stopped" or time.monotonic() - requested > WORKER_STOP_WAIT_S:
-                            raise Signalled(signal.SIGUSR1, "the walltime warning")
+                            raise Signalled(signal.SIGUSR1, "a stop request")
                     if state == "stopped":
                         raise Signalled(signal.SIGTERM, "the leader's stop")
             except ChildDiedError:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 
 import pytest
 
-from helpers import STANDIN_ENV, VLLM_HPC, job_env, job_home, submit, submit_standin_job, vllm_hpc, wait_ready
+from helpers import REPO, STANDIN_ENV, VLLM_HPC, cancel_job, job_env, job_home, submit, submit_standin_job, vllm_hpc, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -126,4 +128,73 @@ def test_serve_fabric_check_reports_the_links_before_ray_starts(cluster2, tiny_m
         assert text.index("fabric: gloo") < text.index("started ray-head")
     finally:
         c.slurm(["scancel", str(job)], check=False)
+
+
+def test_the_daily_path_launch_jobs_env_openai_stop_and_cleanup(cluster2, tiny_model):
+    c = cluster2
+    home = job_home("daily")
+    env = job_env(c, home, **STANDIN_ENV)
+    launch = [VLLM_HPC, "launch", "--model", tiny_model, "--nodes", "2", "--gpus-per-node", "4", "--time", "30:00",
+              "--served-model-name", "tiny", "--", "--max-model-len", "512"]
+    # --dry-run prints the very line launch submits.
+    dry = subprocess.run([*launch, "--dry-run"], env=env, cwd=home, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip() == (f"VLLM_HPC_IMAGE=none sbatch --parsable --nodes=2 --gpus-per-node=4 --time=30:00 {REPO}/slurm/multinode.sbatch"
+                                  f" --model {tiny_model} --served-model-name tiny -- --max-model-len 512")
+    t0 = time.monotonic()
+    launched = subprocess.run([*launch, "--wait", "--timeout", "300", "--json"], env=env, cwd=home, capture_output=True, text=True, timeout=360)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    ready = json.loads(launched.stdout)
+    job = int(ready["job_id"])
+    print(f"\nlaunch --wait: job {job} ready in {time.monotonic() - t0:.1f}s")
+    out = home / f"vllm-hpc-{job}.out"
+    job_dir = home / "jobs" / str(job)
+    try:
+        assert ready["phase"] == "ready" and ready["endpoint"]["model"] == "tiny"
+        info = c.slurm(["scontrol", "show", "job", "-o", str(job)]).stdout
+        assert "TimeLimit=00:30:00" in info and "NumNodes=2" in info, info
+        listed = json.loads(vllm_hpc("jobs", "--json", env=env).stdout)
+        assert [(r["job_id"], r["phase"], r["model"], r["nodes"]) for r in listed] == [(str(job), "ready", "tiny", c.node_names)]
+        print("\n" + vllm_hpc("jobs", env=env).stdout)
+
+        # `vllm-hpc env` into a shell; the openai SDK reads OPENAI_BASE_URL and OPENAI_API_KEY itself.
+        sdk = ("import openai, os; r = openai.OpenAI().completions.create(model=os.environ['OPENAI_MODEL'], prompt='Hi', max_tokens=4);"
+               " print(r.choices[0].text)")
+        script = f'eval "$({VLLM_HPC} env {job})" && exec {sys.executable} -c "{sdk}"'
+        reply = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert reply.returncode == 0 and reply.stdout.strip(), reply.stdout + reply.stderr
+        key = (job_dir / "api-key").read_text().strip()
+        assert key not in out.read_text()
+
+        stopped = vllm_hpc("stop", str(job), "--json", env=env, timeout=300)
+        assert stopped.returncode == 0, stopped.stderr
+        final = json.loads(stopped.stdout)
+        assert (final["phase"], final["slurm_state"]) == ("stopped", "COMPLETED"), final
+        assert "stop requested (the walltime warning or vllm-hpc stop)" in out.read_text()
+        assert json.loads(vllm_hpc("jobs", "--json", env=env).stdout) == []
+        ended = json.loads(vllm_hpc("jobs", "--all", "--json", env=env).stdout)
+        assert [(r["job_id"], r["phase"]) for r in ended] == [(str(job), "stopped")]
+
+        kept = vllm_hpc("cleanup", "--older-than", "1h", env=env)
+        assert kept.stdout.strip() == "removed 0 job directories" and job_dir.exists()
+        cleaned = vllm_hpc("cleanup", "--older-than", "0", env=env)
+        assert cleaned.stdout.strip() == f"removed 1 job directory: {job}" and not job_dir.exists()
+    finally:
+        cancel_job(c, job)
+
+
+def test_launch_refusals_name_the_problem(cluster2, tiny_model):
+    c = cluster2
+    env = job_env(c, job_home("launch-bad"), **STANDIN_ENV)
+    bad = subprocess.run([VLLM_HPC, "launch", "--model", tiny_model, "--nodes", "2", "--partition", "nope"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 13 and "sbatch refused the job" in bad.stderr and "partition" in bad.stderr.lower(), bad.stderr
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    # A job that is not ours: the bed's jobs run as root, so pose as another user.
+    job = c.sbatch(["--wrap", "sleep 60", "--output=/dev/null"], env=env)
+    try:
+        other = vllm_hpc("status", str(job), env={**env, "USER": "nobody", "LOGNAME": "nobody"})
+        assert other.returncode == 10 and f"job {job} belongs to root, not to you (nobody)" in other.stderr, other.stderr
+    finally:
+        cancel_job(c, job)
 

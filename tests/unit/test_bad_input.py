@@ -47,6 +47,9 @@ CASES = [
     ("model not visible in the container", ["plan", "--model", "/no/such/model"], {"APPTAINER_CONTAINER": "/images/vllm-hpc.sif"}, 3, ["not visible inside the container /images/vllm-hpc.sif", "--bind /no/such/model"]),
     ("model config.json a broken link", ["plan", "--model", "SNAPSHOT"], {}, 3, ["config.json is a link to ../../blobs/", "models--ORG--NAME"]),
     ("a second serve step of a job", ["serve", "--model", "MODEL", "--interface", "lo"], {**JOB, "SLURM_STEP_ID": "1", "SECONDSTEP": "1"}, 13, ["step 0 of job 31 is already starting", "scancel 31.0", "a job of its own"]),
+    ("launch: GPUs the configuration cannot use", ["launch", "--model", "MODEL", "--nodes", "2", "--gpus-per-node", "0", "--dry-run"], {}, 4, ["needs GPUs on every node", "--gpus-per-node N"]),
+    ("launch: a bad serve option", ["launch", "--model", "MODEL", "--dry-run", "--max-modl-len", "3"], {}, 2, ["No such option: --max-modl-len"]),
+    ("cleanup age not an age", ["cleanup", "--older-than", "soon"], {}, 2, ["'soon' is not an age", "7d"]),
     ("privileged port", ["serve", "--model", "MODEL", "--interface", "lo", "--host", "127.0.0.1", "--port", "80", "--no-api-key"], {"NOPRIV": "1"}, 5, ["port 80 on 127.0.0.1 needs a privilege", "1024 or above"]),
 ]
 

@@ -43,3 +43,24 @@ def test_a_state_file_from_before_the_current_run_is_stale():
 
 def test_array_task_ids_are_recognised():
     assert ARRAY_TASK.match("8125_3") and not ARRAY_TASK.match("8125") and not ARRAY_TASK.match("8125_[1-3]")
+
+
+def test_env_lines_quote_for_the_shell():
+    from vllm_hpc.client import env_lines
+
+    lines = env_lines({"base_url": "http://10.0.0.1:15600/v1", "api_key": "k'1", "model": "my model"})
+    assert lines == ["export OPENAI_BASE_URL=http://10.0.0.1:15600/v1", "export OPENAI_API_KEY='k'\"'\"'1'",
+                     "export OPENAI_MODEL='my model'"]
+    assert env_lines({"base_url": "u", "api_key": None, "model": "m"})[1] == "export OPENAI_API_KEY=none"
+
+
+def test_jobs_table_and_ages():
+    from vllm_hpc.client import parse_age, render_jobs
+
+    rows = [{"job_id": "12", "array_id": "8125_3", "phase": "ready", "slurm_state": "RUNNING", "model": "tiny",
+             "nodes": ["gpu01", "gpu02"], "url": "http://10.0.0.1:15600/v1", "started_epoch": 1000.0}]
+    text = render_jobs(rows, now=1000.0 + 7200)
+    assert "8125_3" in text and "ready" in text and "gpu01,gpu02" in text and " 2h " in text and text.endswith("/v1")
+    assert "--all" in render_jobs([], 0)
+    assert (parse_age("7d"), parse_age("12h"), parse_age("30m"), parse_age("90")) == (604800, 43200, 1800, 90)
+

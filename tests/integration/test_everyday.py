@@ -135,14 +135,15 @@ def test_the_daily_path_launch_jobs_env_openai_stop_and_cleanup(cluster2, tiny_m
     home = job_home("daily")
     env = job_env(c, home, **STANDIN_ENV)
     launch = [VLLM_HPC, "launch", "--model", tiny_model, "--nodes", "2", "--gpus-per-node", "4", "--time", "30:00",
-              "--served-model-name", "tiny", "--", "--max-model-len", "512"]
+              "--served-model-name", "tiny"]
+    vllm_args = ["--", "--max-model-len", "512"]
     # --dry-run prints the very line launch submits.
-    dry = subprocess.run([*launch, "--dry-run"], env=env, cwd=home, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run([*launch, "--dry-run", *vllm_args], env=env, cwd=home, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip() == (f"VLLM_HPC_IMAGE=none sbatch --parsable --nodes=2 --gpus-per-node=4 --time=30:00 {REPO}/slurm/multinode.sbatch"
                                   f" --model {tiny_model} --served-model-name tiny -- --max-model-len 512")
     t0 = time.monotonic()
-    launched = subprocess.run([*launch, "--wait", "--timeout", "300", "--json"], env=env, cwd=home, capture_output=True, text=True, timeout=360)
+    launched = subprocess.run([*launch, "--wait", "--timeout", "300", "--json", *vllm_args], env=env, cwd=home, capture_output=True, text=True, timeout=360)
     assert launched.returncode == 0, launched.stdout + launched.stderr
     ready = json.loads(launched.stdout)
     job = int(ready["job_id"])

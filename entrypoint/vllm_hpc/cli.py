@@ -287,21 +287,20 @@ Examples:
 """
 
 
+def _slurm_options(func: Callable) -> Callable:
+    """launch's Slurm options, one per entry of launch.SLURM_OPTIONS."""
+    from .launch import SLURM_OPTIONS
+
+    for option, text in reversed(SLURM_OPTIONS.values()):
+        func = click.option(option, help=text)(func)
+    return func
+
+
 @cli.command(epilog=LAUNCH_EPILOG, context_settings={"ignore_unknown_options": True})
 @click.option("--model", required=True, help="Model directory (with config.json), readable on the job's nodes.")
 @click.option("--nodes", type=click.IntRange(1), default=1, show_default=True, help="Nodes (several: Ray, pipeline parallel = nodes).")
 @click.option("--gpus-per-node", type=click.IntRange(0), help="GPUs per node [default: the site's, else 1].")
-@click.option("--partition", help="Slurm partition.")
-@click.option("--account", help="Slurm account.")
-@click.option("--qos", help="Slurm QOS.")
-@click.option("--time", help="Walltime, as sbatch takes it [default: the script's 04:00:00].")
-@click.option("--exclude", help="Nodes to leave out.")
-@click.option("--nodelist", help="Nodes to use.")
-@click.option("--constraint", help="Node features.")
-@click.option("--reservation", help="Slurm reservation.")
-@click.option("--cpus-per-gpu", help="CPUs per GPU [default: the script's 4].")
-@click.option("--mem-per-gpu", help="Memory per GPU [default: the script's 32G].")
-@click.option("--job-name", help="Job name [default: vllm-hpc].")
+@_slurm_options
 @click.option("--image", help="The image (the scripts' VLLM_HPC_IMAGE) [default: the site's, else ./vllm-hpc.sif].")
 @click.option("--bind", help="Extra Apptainer binds, comma separated (the scripts' VLLM_HPC_BIND).")
 @click.option("--sbatch", "sbatch_extra", multiple=True, help="Any other sbatch option, as one word (--sbatch=--mail-type=END).")

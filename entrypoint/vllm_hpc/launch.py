@@ -21,19 +21,19 @@ from typing import Mapping
 
 from .errors import ConfigError, LaunchError, ResourceError, UsageError
 
-# launch option (and defaults key) -> sbatch option
+# launch option (and defaults key) -> sbatch option, and its help
 SLURM_OPTIONS = {
-    "partition": "--partition",
-    "account": "--account",
-    "qos": "--qos",
-    "time": "--time",
-    "exclude": "--exclude",
-    "nodelist": "--nodelist",
-    "constraint": "--constraint",
-    "reservation": "--reservation",
-    "cpus_per_gpu": "--cpus-per-gpu",
-    "mem_per_gpu": "--mem-per-gpu",
-    "job_name": "--job-name",
+    "partition": ("--partition", "Slurm partition."),
+    "account": ("--account", "Slurm account."),
+    "qos": ("--qos", "Slurm QOS."),
+    "time": ("--time", "Walltime, as sbatch takes it [default: the script's 04:00:00]."),
+    "exclude": ("--exclude", "Nodes to leave out."),
+    "nodelist": ("--nodelist", "Nodes to use."),
+    "constraint": ("--constraint", "Node features."),
+    "reservation": ("--reservation", "Slurm reservation."),
+    "cpus_per_gpu": ("--cpus-per-gpu", "CPUs per GPU [default: the script's 4]."),
+    "mem_per_gpu": ("--mem-per-gpu", "Memory per GPU [default: the script's 32G]."),
+    "job_name": ("--job-name", "Job name [default: vllm-hpc]."),
 }
 # defaults key -> the sbatch scripts' variable
 SCRIPT_VARIABLES = {"image": "VLLM_HPC_IMAGE", "bind": "VLLM_HPC_BIND"}
@@ -109,7 +109,7 @@ def compose(model: str, nodes: int, gpus_per_node: int | None, slurm: Mapping[st
         argv += [f"--nodes={nodes}", f"--gpus-per-node={gpus}"]
     elif name == "single-node" and gpus > 1:
         argv += [f"--gpus-per-node={gpus}"]
-    for key, option in SLURM_OPTIONS.items():
+    for key, (option, _) in SLURM_OPTIONS.items():
         value = slurm.get(key) or defaults.get(key)
         if value:
             argv.append(f"{option}={value}")

@@ -499,6 +499,9 @@ class Acceptance:
             endpoint = json.loads(Path(endpoints[0]).read_text())
             run.result["hpc_reported_ready_s"] = endpoint.get("seconds_to_ready")
             run.result["endpoint_url"] = endpoint.get("url")
+            # What NCCL chose, as vllm-hpc read it from NCCL's own log at ready.
+            run.result["fabric"] = (endpoint.get("fabric") or {}).get("summary")
+            run.result["fabric_warning"] = (endpoint.get("fabric") or {}).get("warning")
         else:
             run.result["hpc_reported_ready_s"] = None
             self.errors.append(f"{run.label}: no endpoint.json written")
@@ -712,6 +715,11 @@ class Acceptance:
             "SLURM_JOB_NUM_NODES": "2",
             "SLURM_JOB_NODELIST": f"{self.host(0)[:-1]}[0-1]",
             "SLURM_GPUS_ON_NODE": "1",
+            # As srun gives them inside the job's step (vllm-hpc plans from the step's nodes).
+            "SLURM_STEP_ID": "0",
+            "SLURM_STEP_NODELIST": f"{self.host(0)[:-1]}[0-1]",
+            "SLURM_STEP_NUM_NODES": "2",
+            "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
             "SLURMD_NODENAME": self.host(i),
             "VLLM_HPC_HOME": str(home),
             "VLLM_HPC_RAY_TMPDIR": f"/tmp/vh{job[-4:]}n{i}",
@@ -802,9 +810,28 @@ class Acceptance:
             run.result["ray_cluster_s"] = round(joined[0] - run.t0, 2)
         self.serve_checks(run)
         self.hpc_extras(run, home)
+        # The start-up timeline as each node logged it (seconds since its process start).
+        run.result["timeline"] = [line for proc in (leader, worker) for _, line in proc.lines
+                                  if any(w in line for w in ("started ray", "Ray head", "publish its fabric", "to join the Ray", "READY", "fabric:"))]
         self.bench(run)
+        run.result["doctor_fabric"] = self.doctor_fabric(run, envs)
         if not self.args.no_failure_test:
             self.failure_test = self.node_failure(run, leader, worker)
+
+    def doctor_fabric(self, run: Run, envs: list[dict[str, str]]) -> dict[str, Any] | str:
+        """`vllm-hpc doctor --fabric` on both namespace nodes at once (NCCL, one GPU each)."""
+        procs = [subprocess.Popen(self.in_node(i) + self.hpc_cmd + ["doctor", "--fabric", "--interface", "ib0", "--json",
+                                                                   "--fabric-timeout", "60"],
+                                  env=envs[i], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        (run.dir / "doctor-fabric.log").write_text("\n".join(o + e for o, e in outs))
+        if any(p.returncode for p in procs):
+            self.errors.append(f"{run.label}: doctor --fabric failed, see {run.dir}/doctor-fabric.log")
+            return f"failed: {outs[0][1].strip().splitlines()[-1:] or outs[1][1].strip().splitlines()[-1:]}"
+        result = json.loads(outs[0][0])
+        log(f"{run.label}: doctor --fabric {result['backend']}: " + ", ".join(
+            f"{row['bytes'] >> 20} MiB {row['bus_gbs']} GB/s" for row in result["allreduce"]) + f"; pairs {result['pairs']}")
+        return result
 
     def node_failure(self, run: Run, leader: Proc, worker: Proc) -> dict[str, Any]:
         """Cut the worker node off and kill everything in it; the leader must notice and exit non-zero naming it."""

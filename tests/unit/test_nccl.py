@@ -30,6 +30,19 @@ def test_a_real_failed_ib_start_keeps_nccls_warning():
     assert "Failed to initialize any NET plugin" in fabric.warnings
 
 
+def test_a_real_two_node_job_over_sockets_on_ib0():
+    lines = []
+    for node in ("n0", "n1"):
+        lines += (DATA / f"h200-two-namespace-nodes-socket-{node}.log").read_text().splitlines()
+    fabric = nccl.parse(lines)
+    assert (fabric.version, fabric.network, fabric.nodes, fabric.ranks) == ("2.28.9+cuda13.0", "Socket", 2, 2)
+    assert fabric.between_nodes == ("NET/Socket",) and fabric.sockets_between_nodes
+    assert fabric.devices == ("ib0:10.231.0.1<0>", "ib0:10.231.0.2<0>")
+    assert fabric.summary() == "NCCL 2.28.9+cuda13.0: between nodes NET/Socket (ib0:10.231.0.1, ib0:10.231.0.2)"
+    assert nccl.socket_fallback_warning(fabric, [], "/j/logs") is None  # namespaces without HCAs: no warning
+    assert "mlx5_0" in (nccl.socket_fallback_warning(fabric, ["mlx5_0"], "/j/logs") or "")
+
+
 def test_infiniband_between_nodes_with_gpudirect():
     fabric = parsed("two-nodes-ib.log")
     assert fabric.network == "IB" and fabric.devices == ("mlx5_0:1/IB", "mlx5_1:1/IB")

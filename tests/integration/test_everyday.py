@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from helpers import REPO, STANDIN_ENV, VLLM_HPC, cancel_job, job_env, job_home, submit, submit_standin_job, vllm_hpc, wait_ready
 
@@ -130,20 +132,21 @@ def test_serve_fabric_check_reports_the_links_before_ray_starts(cluster2, tiny_m
         c.slurm(["scancel", str(job)], check=False)
 
 
-def test_the_daily_path_launch_jobs_env_openai_stop_and_cleanup(cluster2, tiny_model):
+def test_the_daily_path_launch_jobs_chat_metrics_env_openai_stop_and_cleanup(cluster2, tiny_model):
+    """As a user would, through the real Slurm and the real CPU vLLM (one GPU's script)."""
     c = cluster2
     home = job_home("daily")
-    env = job_env(c, home, **STANDIN_ENV)
-    launch = [VLLM_HPC, "launch", "--model", tiny_model, "--nodes", "2", "--gpus-per-node", "4", "--time", "30:00",
-              "--served-model-name", "tiny"]
+    env = job_env(c, home)
+    launch = [VLLM_HPC, "launch", "--model", tiny_model, "--time", "30:00", "--served-model-name", "tiny"]
     vllm_args = ["--", "--max-model-len", "512"]
     # --dry-run prints the very line launch submits.
     dry = subprocess.run([*launch, "--dry-run", *vllm_args], env=env, cwd=home, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.strip() == (f"VLLM_HPC_IMAGE=none sbatch --parsable --nodes=2 --gpus-per-node=4 --time=30:00 {REPO}/slurm/multinode.sbatch"
+    assert dry.stdout.strip() == (f"VLLM_HPC_IMAGE=none sbatch --parsable --time=30:00 {REPO}/slurm/single-gpu.sbatch"
                                   f" --model {tiny_model} --served-model-name tiny -- --max-model-len 512")
     t0 = time.monotonic()
-    launched = subprocess.run([*launch, "--wait", "--timeout", "300", "--json", *vllm_args], env=env, cwd=home, capture_output=True, text=True, timeout=360)
+    launched = subprocess.run([*launch, "--wait", "--timeout", "600", "--json", *vllm_args], env=env, cwd=home,
+                              capture_output=True, text=True, timeout=660)
     assert launched.returncode == 0, launched.stdout + launched.stderr
     ready = json.loads(launched.stdout)
     job = int(ready["job_id"])
@@ -153,18 +156,37 @@ def test_the_daily_path_launch_jobs_env_openai_stop_and_cleanup(cluster2, tiny_m
     try:
         assert ready["phase"] == "ready" and ready["endpoint"]["model"] == "tiny"
         info = c.slurm(["scontrol", "show", "job", "-o", str(job)]).stdout
-        assert "TimeLimit=00:30:00" in info and "NumNodes=2" in info, info
+        assert "TimeLimit=00:30:00" in info and "NumNodes=1" in info, info
         listed = json.loads(vllm_hpc("jobs", "--json", env=env).stdout)
-        assert [(r["job_id"], r["phase"], r["model"], r["nodes"]) for r in listed] == [(str(job), "ready", "tiny", c.node_names)]
-        print("\n" + vllm_hpc("jobs", env=env).stdout)
+        assert [(r["job_id"], r["phase"], r["model"]) for r in listed] == [(str(job), "ready", "tiny")]
+        print(vllm_hpc("jobs", env=env).stdout)
+        chat = vllm_hpc("chat", str(job), "Hello", env=env)
+        assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+
+        # `vllm-hpc metrics` over an interval with a burst of requests in it: the figures move.
+        metrics = subprocess.Popen([VLLM_HPC, "metrics", str(job), "--interval", "10", "--json"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        url, key = ready["endpoint"]["url"], (job_dir / "api-key").read_text().strip()
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            burst = list(pool.map(lambda _: requests.post(f"{url}/chat/completions", json=body, timeout=120,
+                                                          headers={"Authorization": f"Bearer {key}"}).status_code, range(8)))
+        assert burst == [200] * 8
+        stdout, stderr = metrics.communicate(timeout=120)
+        assert metrics.returncode == 0, stderr
+        figures = json.loads(stdout)
+        print(f"metrics over a burst of 8: {figures}")
+        assert figures["requests_finished"] >= 8 and figures["generation_tokens_per_s"] > 0 and figures["prompt_tokens_per_s"] > 0
+        assert figures["ttft_s"]["p50"] is not None and figures["e2e_latency_s"]["p90"] is not None
+        assert figures["kv_cache_usage_pct"] is not None and figures["requests_aborted"] == 0
 
         # `vllm-hpc env` into a shell; the openai SDK reads OPENAI_BASE_URL and OPENAI_API_KEY itself.
         sdk = ("import openai, os; r = openai.OpenAI().completions.create(model=os.environ['OPENAI_MODEL'], prompt='Hi', max_tokens=4);"
-               " print(r.choices[0].text)")
+               " print(r.usage.completion_tokens)")
         script = f'eval "$({VLLM_HPC} env {job})" && exec {sys.executable} -c "{sdk}"'
         reply = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
-        assert reply.returncode == 0 and reply.stdout.strip(), reply.stdout + reply.stderr
-        key = (job_dir / "api-key").read_text().strip()
+        assert reply.returncode == 0 and int(reply.stdout.strip()) > 0, reply.stdout + reply.stderr
         assert key not in out.read_text()
 
         stopped = vllm_hpc("stop", str(job), "--json", env=env, timeout=300)

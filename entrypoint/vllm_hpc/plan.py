@@ -404,7 +404,7 @@ def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str,
             "--include-dashboard=false",
             # No autoscaler monitor: a Slurm job's nodes are fixed. One process fewer on
             # the head: `ray start --head` returned 0.7 s sooner on the 2-core test bed
-            # (10.2 s against 10.9 s, medians of 3). Ray's client server cannot be left
+            # (10.3 s against 11.0 s, medians of 3). Ray's client server cannot be left
             # out (Ray refuses port 0), nor the agents the raylet starts.
             "--no-monitor",
         ]  # fmt: skip

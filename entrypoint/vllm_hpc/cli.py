@@ -427,7 +427,7 @@ def doctor(model: str | None, interface: str | None, as_json: bool, fabric: bool
         from .doctor import fabric_test
         from .fabric import render
 
-        result = fabric_test(dict(os.environ), interface, fabric_timeout, lambda line: click.echo(line, err=True))
+        result = fabric_test(dict(os.environ), interface, fabric_timeout)
         if result is not None:
             click.echo(json.dumps(result, indent=2) if as_json else render(result))
         return

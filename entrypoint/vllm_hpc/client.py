@@ -143,6 +143,9 @@ def job_status(job_id: str | None) -> dict[str, Any]:
         "endpoint": endpoint if phase == "ready" else None,
         "job_dir": str(job_dir),
         "updated": state.get("updated"),
+        "started_epoch": state.get("started_epoch"),
+        "nodes": state.get("nodes") or [],
+        "array_id": state.get("array_id"),
     }
 
 
@@ -307,18 +310,17 @@ def list_jobs(include_ended: bool) -> list[dict[str, Any]]:
             continue
         if info["phase"] in ENDED_PHASES and not include_ended:
             continue
-        state = jobfiles.read_json(job_dir / "state.json") or {}
         endpoint = info.get("endpoint") or {}
         rows.append({
             "job_id": info["job_id"],
-            "array_id": state.get("array_id"),
+            "array_id": info["array_id"],
             "phase": info["phase"],
             "slurm_state": info.get("slurm_state"),
             "model": endpoint.get("model"),
-            "nodes": state.get("nodes") or [],
+            "nodes": info["nodes"],
             "url": endpoint.get("url"),
-            "started_epoch": state.get("started_epoch"),
-            "job_dir": str(job_dir),
+            "started_epoch": info["started_epoch"],
+            "job_dir": info["job_dir"],
         })  # fmt: skip
     return sorted(rows, key=lambda r: r["started_epoch"] or 0, reverse=True)
 

@@ -113,45 +113,36 @@ def render_checks(checks: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def fabric_test(env: dict[str, str], interface: str | None, timeout_s: float, say) -> dict[str, Any] | None:  # noqa: ANN001 - say: a print-like callable
+def fabric_test(env: dict[str, str], interface: str | None, timeout_s: float) -> dict[str, Any] | None:
     """`doctor --fabric` on this node: meet the other nodes of the step at the leader's
     fabric address (published in the job directory) and measure. The leader returns the
     figures; the others None. Raises a VllmHpcError naming what failed."""
     from . import fabric, jobfiles
+    from .serve import wait_for_published
     from .slurm import check_launch
+    from .supervisor import Supervisor, stderr_reporter
 
     settings = read_settings(env)
     slurm = read_slurm_env(env, local_hostname(), None)
     check_launch(slurm)
     choice = choose_interface(read_interfaces(), interface or settings.interface, read_default_route())
-    block = port_block(slurm.job_id, settings.port_base)
-    published = settings.home / "jobs" / slurm.job_id / "fabric-leader.json"
+    reporter = stderr_reporter(f"{slurm.hostname}/fabric")
+    published = str(settings.home / "jobs" / slurm.job_id / "fabric-leader.json")
     started = time.time()
     leader_ip = choice.ip
     if slurm.node_rank == 0:
-        jobfiles.write_json(published, {"ip": choice.ip, "run": slurm.generation, "epoch": started})
+        jobfiles.write_json(published, {"ip": choice.ip, "hostname": slurm.hostname, "run": slurm.generation, "published_epoch": started})
     else:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                data = jobfiles.read_json(published) or {}
-            except VllmHpcError:
-                data = {}
-            if data.get("run") == slurm.generation and float(data.get("epoch", 0)) >= started - 120:
-                leader_ip = str(data["ip"])
-                break
-            if time.monotonic() > deadline:
-                from .errors import ClusterError
-
-                raise ClusterError(
-                    f"the leader {slurm.nodes[0]} did not publish its fabric address in {published} within {timeout_s:.0f}s",
-                    "run doctor --fabric under srun on every node of the job, with VLLM_HPC_HOME on a shared file system",
-                )
-            time.sleep(0.2)
+        leader = wait_for_published(
+            Supervisor(reporter), published, slurm.generation, started,
+            f"leader {slurm.nodes[0]} to publish its fabric address", timeout_s,
+            "run doctor --fabric under srun on every node of the job, with VLLM_HPC_HOME on a shared file system",
+        )  # fmt: skip
+        leader_ip = str(leader["ip"])
     import torch
 
     cuda_gpus = slurm.gpus_on_node if torch.cuda.is_available() else 0
+    block = port_block(slurm.job_id, settings.port_base)
     plan = fabric.plan_fabric(slurm.node_rank, slurm.nodes, leader_ip, block, choice.interface, choice.ip, cuda_gpus, timeout_s)
-    say(f"{slurm.hostname}: fabric test over {choice.interface} ({choice.ip}), {plan.backend}, meeting at {leader_ip}:{plan.port}")
+    reporter.say(f"fabric test over {choice.interface} ({choice.ip}), {plan.backend}, meeting at {leader_ip}:{plan.port}")
     return fabric.run(plan)
-

@@ -120,7 +120,6 @@ def _meet(plan: FabricPlan):  # noqa: ANN202 - a torch TCPStore
 def run(plan: FabricPlan) -> dict[str, Any] | None:
     """Take part in the fabric test; the leader returns the figures, others None."""
     import torch
-    import torch.distributed as dist
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", plan.interface)
     os.environ.setdefault("NCCL_SOCKET_IFNAME", plan.interface)

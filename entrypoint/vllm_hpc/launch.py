@@ -115,10 +115,8 @@ def compose(model: str, nodes: int, gpus_per_node: int | None, slurm: Mapping[st
             argv.append(f"{option}={value}")
     argv += list(sbatch_extra)
     argv += [str(script), "--model", model, *script_args]
-    env = {variable: defaults[key] for key, variable in SCRIPT_VARIABLES.items() if defaults.get(key)}
-    for key, variable in SCRIPT_VARIABLES.items():
-        if slurm.get(key):
-            env[variable] = str(slurm[key])
+    env = {variable: str(slurm.get(key) or defaults[key]) for key, variable in SCRIPT_VARIABLES.items()
+           if slurm.get(key) or defaults.get(key)}
     return Submission(str(script), name, tuple(argv), env)
 
 

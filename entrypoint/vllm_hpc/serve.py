@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from . import jobfiles, nccl
 from .errors import ChildDiedError, ClusterError, JobFailedError, LaunchError, NodeLostError, Signalled, VllmHpcError
@@ -47,6 +48,39 @@ def _tcp_open(ip: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def written_by_run(data: dict, generation: str, run_started: float) -> bool:
+    """Pure: whether a file the leader published (leader.json, state.json,
+    fabric-leader.json) is of this run: the same restart and step, written after this
+    node's start less the nodes' start skew."""
+    published = data.get("started_epoch") or data.get("published_epoch") or 0
+    return str(data.get("run")) == generation and published >= run_started - RUN_START_SKEW_S
+
+
+def wait_for_published(supervisor: Supervisor, path: str, generation: str, run_started: float, what: str,
+                       deadline_s: float, fix: str, check: Callable[[], None] | None = None) -> dict:
+    """Until the leader has published ``path`` for this run (bounded, with progress);
+    ``check`` may raise to end the wait early. Returns the file's data."""
+    found: dict = {}
+
+    def probe() -> tuple[bool, str]:
+        if check is not None:
+            check()
+        try:
+            data = jobfiles.read_json(path)
+        except VllmHpcError:
+            data = None
+        if not data:
+            return False, f"no {path} yet"
+        if not written_by_run(data, generation, run_started):
+            return False, "only an address left by an earlier run"
+        found.update(data)
+        port = f":{data['ray_gcs']}" if data.get("ray_gcs") else ""
+        return True, f"leader {data.get('hostname')} at {data.get('ip')}{port}"
+
+    wait_for(supervisor, what, probe, deadline_s, ClusterError, fix, interval=0.5)
+    return found
 
 
 def other_step_serving(state: dict, generation: str, now: float, starting_for: float, answers: bool) -> str | None:
@@ -182,8 +216,7 @@ class NodeRun:
 
     def _current(self, data: dict) -> bool:
         """Whether a leader.json or state.json was written by this run's leader."""
-        published = data.get("started_epoch") or data.get("published_epoch") or 0
-        return str(data.get("run")) == self.slurm.generation and published >= self.run_started - RUN_START_SKEW_S
+        return written_by_run(data, self.slurm.generation, self.run_started)
 
     def _watch(self, watcher: threading.Thread) -> None:
         watcher.start()
@@ -441,31 +474,17 @@ class NodeRun:
 
     def _wait_for_leader(self) -> dict:
         plan = self.plan
-        found: dict = {}
-
-        def probe() -> tuple[bool, str]:
-            self._check_home_is_shared([plan.leader])
-            try:
-                data = jobfiles.read_json(plan.paths.leader)
-            except VllmHpcError:
-                data = None
-            if not data:
-                return False, f"no {plan.paths.leader} yet"
-            if not self._current(data):
-                return False, "only an address left by an earlier run"
-            found.update(data)
-            return True, f"leader {data.get('hostname')} at {data.get('ip')}:{data.get('ray_gcs')}"
-
-        wait_for(
+        leader = wait_for_published(
             self.supervisor,
+            plan.paths.leader,
+            self.slurm.generation,
+            self.run_started,
             f"leader {plan.leader} to publish its fabric address",
-            probe,
             plan.deadlines.join,
-            ClusterError,
             f"check the leader's log; the job directory {plan.paths.job_dir} must be on a file system all nodes share",
-            interval=0.5,
+            check=lambda: self._check_home_is_shared([plan.leader]),
         )
-        return found
+        return leader
 
 
 def curl_line(endpoint: dict) -> str:

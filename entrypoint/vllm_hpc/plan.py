@@ -402,10 +402,12 @@ def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str,
             "--dashboard-port", str(plan_ports["ray_dashboard"]),
             # Ray refuses --include-dashboard on a worker ("only ... with --head").
             "--include-dashboard=false",
-            # No autoscaler monitor: a Slurm job's nodes are fixed. One process fewer on
-            # the head: `ray start --head` returned 0.7 s sooner on the 2-core test bed
-            # (10.3 s against 11.0 s, medians of 3). Ray's client server cannot be left
-            # out (Ray refuses port 0), nor the agents the raylet starts.
+            # No autoscaler monitor: a Slurm job's nodes are fixed. On the idle 2-core
+            # test bed, a head alone is in Ray's node table after (medians of 3): 12.2 s
+            # with the defaults, 9.8 s without the dashboard, 9.2 s without the monitor
+            # too. The log monitor stays (8.9 s without it): it carries the vLLM
+            # workers' output, on every node, into the server's log. Ray's client server
+            # cannot be left out (Ray refuses port 0), nor the agents the raylet starts.
             "--no-monitor",
         ]  # fmt: skip
     else:

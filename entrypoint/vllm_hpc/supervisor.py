@@ -44,12 +44,37 @@ def resolve_env(base: Mapping[str, str], *layers: Mapping[str, str | Secret], re
     return env
 
 
-def _process_start() -> float:
-    try:
-        import psutil
+def start_from_proc(chain: list[tuple[str, int]], uptime_s: float, now: float, ticks_per_s: int) -> float:
+    """When Slurm started this node's task, as epoch seconds. `chain` is this process and
+    its ancestors, nearest first, as (name, start in clock ticks since boot); the task is
+    the oldest one below slurmstepd (apptainer, then this Python), or this process when
+    there is no slurmstepd above. Counted from /proc/uptime, to 10 ms: psutil's
+    create_time adds a boot time rounded to whole seconds (up to 1 s off)."""
+    names = [name for name, _ in chain]
+    below = names.index("slurmstepd", 1) - 1 if "slurmstepd" in names[1:] else 0
+    return now - uptime_s + chain[below][1] / ticks_per_s
 
-        return psutil.Process().create_time()
-    except Exception:  # noqa: BLE001 - psutil missing or /proc unreadable: count from now
+
+def _proc_chain() -> list[tuple[str, int]]:
+    chain, pid = [], os.getpid()
+    while pid > 1:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            stat = handle.read()
+        # "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        chain.append((name, int(fields[19])))
+        pid = int(fields[1])
+    return chain
+
+
+def _task_start() -> float:
+    try:
+        with open("/proc/uptime", encoding="utf-8") as handle:
+            uptime = float(handle.read().split()[0])
+        now = time.time()
+        return start_from_proc(_proc_chain(), uptime, now, os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):  # no /proc: count from now
         return time.time()
 
 
@@ -60,9 +85,9 @@ class Reporter:
         self.stream = stream
         self.prefix = prefix
         self.log_path = log_path
-        # "+N.Ns" counts from this process's start (srun starting it on the node), so the
-        # nodes' lines form one timeline of the job's start-up.
-        self.started = _process_start()
+        # "+N.Ns" counts from Slurm starting this node's task, so the nodes' lines form
+        # one timeline of the job's start-up.
+        self.started = _task_start()
 
     def say(self, message: str) -> None:
         now = time.time()

@@ -4,9 +4,12 @@
 #   fixed-sleep  head first, then the workers after a fixed sleep of 10 s plus 5 s per
 #                worker rank, as launch scripts that `sleep` between steps do;
 #   poll-5s      workers start at once; the driver polls the node list every 5 s;
-#   ray-floor    Ray's own floor: head and workers start at once (a worker waits for
-#                the head's GCS), and the node table is read every 0.25 s through
-#                Ray's GCS client, without a driver.
+#   ray-default  Ray's own floor with `ray start`'s default options: head and workers
+#                start at once (a worker waits for the head's GCS), and the node table
+#                is read every 0.25 s through Ray's GCS client, without a driver;
+#   ray-trimmed  the same with the head options vllm-hpc uses (no dashboard, no
+#                autoscaler monitor): the floor vllm-hpc is held to.
+# The peers' heads start with Ray's defaults, as their launch scripts do.
 # Writes {"last_task_start": epoch, "joined": epoch} to PEER_RESULT when the driver sees
 # every node. Needs RAY_BIN, RAY_PYTHON, HEAD_IP, RAY_PORT, PEER_MODE, PEER_RESULT.
 set -euo pipefail
@@ -14,16 +17,18 @@ start=$(date +%s.%N)
 ip=$(ip -4 -o addr show dev ib0 | awk '{print $4}' | cut -d/ -f1)
 starts="$PEER_RESULT.starts"
 echo "$start" >> "$starts"
-common=(--node-ip-address "$ip" --num-cpus 1 --num-gpus "${SLURM_GPUS_ON_NODE:-0}"
+common=(--node-ip-address "$ip" --num-gpus "${SLURM_GPUS_ON_NODE:-0}"
         --temp-dir "/tmp/peer-$SLURM_JOB_ID" --disable-usage-stats --block)
 if [[ $SLURM_NODEID == 0 ]]; then
-    "$RAY_BIN" start --head --port "$RAY_PORT" --include-dashboard=false "${common[@]}" &
+    head=()
+    if [[ $PEER_MODE == ray-trimmed ]]; then head=(--include-dashboard=false --no-monitor); fi
+    "$RAY_BIN" start --head --port "$RAY_PORT" "${head[@]}" "${common[@]}" &
     interval=0.25
     if [[ $PEER_MODE == poll-5s ]]; then interval=5; fi
     "$RAY_PYTHON" - "$ip" "$RAY_PORT" "$SLURM_JOB_NUM_NODES" "$interval" "$starts" "$PEER_RESULT" "$PEER_MODE" <<'PY'
 import json, sys, time
 ip, port, want, interval, starts, result, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
-if mode == "ray-floor":
+if mode.startswith("ray-"):
     from ray._raylet import GcsClient
     from ray.core.generated.gcs_pb2 import GcsNodeInfo
     while True:

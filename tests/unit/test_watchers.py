@@ -1,4 +1,5 @@
 import socket
+import subprocess
 import sys
 import time
 
@@ -6,7 +7,7 @@ import pytest
 
 from vllm_hpc.errors import EXIT_CHILD_DIED, NodeLostError, ResourceError
 from vllm_hpc.raycluster import PortWatcher, membership, RayNode
-from vllm_hpc.supervisor import Reporter, Supervisor
+from vllm_hpc.supervisor import Reporter, Supervisor, start_from_proc
 
 pytestmark = pytest.mark.unit
 
@@ -45,3 +46,21 @@ def test_membership_refuses_uneven_gpus_as_soon_as_the_node_joins():
         membership(nodes, ("gpu01", "gpu02", "gpu03"), 6)
     assert "uneven GPU counts: gpu02 has 2, the leader 6" in err.value.one_line()
     assert err.value.exit_code == 4
+
+
+def test_the_timeline_counts_from_the_task_slurm_started():
+    # This Python, under apptainer, under bash (the task), under slurmstepd: the task's start.
+    chain = [("python3", 5000), ("apptainer", 4980), ("bash", 4900), ("slurmstepd", 4000), ("systemd", 1)]
+    assert start_from_proc(chain, uptime_s=60.0, now=1000.0, ticks_per_s=100) == pytest.approx(989.0)
+    # Not under Slurm: this process's own start.
+    chain = [("python3", 5000), ("bash", 4900), ("sshd", 100)]
+    assert start_from_proc(chain, uptime_s=60.0, now=1000.0, ticks_per_s=100) == pytest.approx(990.0)
+
+
+def test_the_timeline_start_is_this_process_start_to_a_tenth_of_a_second(tmp_path):
+    """Read from the real /proc: a child started now reports a start within 0.1 s of now
+    (psutil's create_time can be up to 1 s off)."""
+    code = "import time; from vllm_hpc.supervisor import _task_start; time.sleep(0.5); print(_task_start())"
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert abs(float(out) - before) < 0.1, (float(out), before)

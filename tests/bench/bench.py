@@ -169,27 +169,31 @@ def _log_times(job_dir: Path, nodes: list[str]) -> tuple[float, float]:
 
 
 def bench_formation(cluster: Cluster, runs: int) -> dict:
+    """Each run forms the cluster once per way; the order rotates from run to run, so
+    that no way always comes first (or always follows the same one)."""
     n = len(cluster.node_names)
-    ours: list[float] = []
-    peers: dict[str, list[float]] = {mode: [] for mode in PEER_MODES}
+    ways = ["vllm-hpc", *PEER_MODES]
+    figures: dict[str, list[float]] = {way: [] for way in ways}
     for i in range(runs):
         home = job_home(f"bench-form{n}-{i}")
-        env = job_env(cluster, home, **STANDIN_ENV)
-        out = home / "job.out"
-        job = submit(cluster, "multinode.sbatch", [f"--nodes={n}", "--gpus-per-node=4"],
-                     ["--model", str(MODEL_CACHE), "--served-model-name", "tiny", "--liveness-interval", "0"], env, out)
-        try:
-            wait_until("formation", lambda: "to join the Ray cluster: done" in _leader_log(home, job), 120)
-            last_start, joined = _log_times(home / "jobs" / str(job), cluster.node_names)
-            ours.append(joined - last_start)
-        finally:
-            cluster.slurm(["scancel", str(job)], check=False)
-            wait_until("job gone", lambda: not any(job_processes(cluster, node) for node in cluster.node_names), 60)
-        for mode, sink in peers.items():
-            sink.append(_peer_formation(cluster, mode, home))
-        print(f"  {n} nodes run {i + 1}: vllm-hpc {ours[-1]:.2f}s, "
-              + ", ".join(f"{label} {peers[mode][-1]:.2f}s" for mode, (_, label) in PEER_MODES.items()), flush=True)
-    return {"nodes": n, "vllm_hpc_s": summary(ours), **{key: summary(peers[mode]) for mode, (key, _) in PEER_MODES.items()}}
+        for way in ways[i % len(ways):] + ways[: i % len(ways)]:
+            figures[way].append(_vllm_hpc_formation(cluster, home) if way == "vllm-hpc" else _peer_formation(cluster, way, home))
+        print(f"  {n} nodes run {i + 1}: vllm-hpc {figures['vllm-hpc'][-1]:.2f}s, "
+              + ", ".join(f"{label} {figures[mode][-1]:.2f}s" for mode, (_, label) in PEER_MODES.items()), flush=True)
+    return {"nodes": n, "vllm_hpc_s": summary(figures["vllm-hpc"]), **{key: summary(figures[mode]) for mode, (key, _) in PEER_MODES.items()}}
+
+
+def _vllm_hpc_formation(cluster: Cluster, home: Path) -> float:
+    env = job_env(cluster, home, **STANDIN_ENV)
+    job = submit(cluster, "multinode.sbatch", [f"--nodes={len(cluster.node_names)}", "--gpus-per-node=4"],
+                 ["--model", str(MODEL_CACHE), "--served-model-name", "tiny", "--liveness-interval", "0"], env, home / "job.out")
+    try:
+        wait_until("formation", lambda: "to join the Ray cluster: done" in _leader_log(home, job), 120)
+        last_start, joined = _log_times(home / "jobs" / str(job), cluster.node_names)
+        return joined - last_start
+    finally:
+        cluster.slurm(["scancel", str(job)], check=False)
+        wait_until("job gone", lambda: not any(job_processes(cluster, node) for node in cluster.node_names), 60)
 
 
 # The baselines of the formation figure: peer_ray_cluster.sh's modes, their JSON keys and labels.

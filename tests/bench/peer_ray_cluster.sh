@@ -29,8 +29,17 @@ if [[ $SLURM_NODEID == 0 ]]; then
 import json, sys, time
 ip, port, want, interval, starts, result, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
 if mode.startswith("ray-"):
+    import socket
     from ray._raylet import GcsClient
     from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    # As vllm-hpc's leader does: the client once the GCS port answers (a client made
+    # before that becomes usable 0.7-1.5 s after the port opens, on the idle bed).
+    while True:
+        try:
+            socket.create_connection((ip, int(port)), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
     while True:
         try:
             client = GcsClient(address=f"{ip}:{port}")

@@ -902,7 +902,9 @@ class Acceptance:
             "ray": module_version("ray", self.python),
         }
         log(f"GPUs: {', '.join(self.gpu_names) or 'none'}; versions: {self.versions}")
-        if not self.versions["vllm"]:
+        # With a stand-in server (--server-module, with --no-bench and only vllm-hpc runs)
+        # the cluster's formation and the fabric are measured without vLLM.
+        if not self.versions["vllm"] and not self.args.server_module:
             log("vLLM is not importable by this Python: nothing to test")
             return SKIP_EXIT
         wanted = [c.strip() for c in self.args.configs.split(",") if c.strip()]

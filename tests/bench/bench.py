@@ -10,9 +10,12 @@
    options vllm-hpc uses (the floor it is held to) and with Ray's defaults, and the
    peers' ways (fixed sleeps of 10 s for the head and 5 s per worker, a 5 s poll of the
    node list);
-3. failure detection: a worker node killed, until every process of the job is gone;
-4. warm start: time to ready with a kept compile cache against an empty one;
-5. the cost of the entrypoint itself: `vllm-hpc --help` and `vllm-hpc plan`.
+3. what each of the Ray head's optional processes costs: a head alone, until it is in
+   its own node table, with Ray's defaults and without the dashboard, the autoscaler
+   monitor and the log monitor in turn (vllm-hpc leaves out the first two);
+4. failure detection: a worker node killed, until every process of the job is gone;
+5. warm start: time to ready with a kept compile cache against an empty one;
+6. the cost of the entrypoint itself: `vllm-hpc --help` and `vllm-hpc plan`.
 
 Timings are of whole processes as seen from outside, on this machine, with the CPU
 build of vLLM and the tiny model (so vLLM's own start-up is small and any overhead of
@@ -27,6 +30,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -228,6 +232,52 @@ def _peer_formation(cluster: Cluster, mode: str, home: Path) -> float:
         wait_until("peer job gone", lambda: not any(job_processes(cluster, node) for node in cluster.node_names), 60)
 
 
+# A head's options, each step leaving out one more of the processes Ray starts on it.
+HEAD_OPTIONS = {
+    "defaults": [],
+    "no dashboard": ["--include-dashboard=false"],
+    "no dashboard, no monitor (vllm-hpc)": ["--include-dashboard=false", "--no-monitor"],
+    "no dashboard, no monitor, no log monitor": ["--include-dashboard=false", "--no-monitor", "--include-log-monitor=false"],
+}
+
+
+def bench_head(runs: int, work: Path) -> dict:
+    """A Ray head alone on this machine (loopback), from `ray start` until the head is
+    ALIVE in its own node table; the options alternate within each run."""
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    figures: dict[str, list[float]] = {name: [] for name in HEAD_OPTIONS}
+    for i in range(runs):
+        for name, options in HEAD_OPTIONS.items():
+            port, tmp = free_port(), work / f"ray-head-{i}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            t0 = time.monotonic()
+            head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                                     "--num-gpus", "4", "--temp-dir", str(tmp), "--disable-usage-stats", *options],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                wait_until("head's port", lambda: _port_open("127.0.0.1", port), 120, interval=0.05)
+                client = GcsClient(address=f"127.0.0.1:{port}")
+                wait_until("head alive", lambda: any(n.state == GcsNodeInfo.ALIVE for n in client.get_all_node_info(timeout=5).values()), 120, interval=0.05)
+                figures[name].append(time.monotonic() - t0)
+            finally:
+                os.killpg(head.pid, signal.SIGTERM)
+                head.wait(timeout=60)
+                subprocess.run(["pkill", "-KILL", "-f", str(tmp)], check=False)
+                time.sleep(1)
+            print(f"  run {i + 1}, {name}: {figures[name][-1]:.2f}s", flush=True)
+    return {name: summary(values) for name, values in figures.items()}
+
+
+def _port_open(ip: str, port: int) -> bool:
+    try:
+        socket.create_connection((ip, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 def bench_failure(cluster: Cluster) -> dict:
     home = job_home("bench-fail")
     env = job_env(cluster, home, **STANDIN_ENV)
@@ -280,6 +330,8 @@ def render(results: dict) -> str:
                      f"Ray's floor {floor}s (vllm-hpc {over:+}); bare `ray start` {default}s (floor {floor - default:+.2f});"
                      f" fixed sleeps {f['peer_fixed_sleep_s']['median']}s; 5 s poll {f['peer_poll_5s_s']['median']}s",
                      "<= floor + 0.5 s; floor < bare", f"{over <= 0.5} / {floor < default}"))
+    for name, h in (results.get("head") or {}).items():
+        rows.append((f"Ray head alone to ALIVE, {name}", f"{h['median']}s [{h['min']}-{h['max']}] ({h['runs']} runs)", "", "", ""))
     d = results.get("failure")
     if d:
         rows.append(("worker node killed -> vllm-hpc stopped", f"{d['detect_and_stop_s']}s (1 run)", f"Slurm job over after {d['slurm_job_end_s']}s", "<= 10 s", str(d["met"])))
@@ -296,7 +348,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one run of each figure")
     parser.add_argument("--json", default=str(REPO / "out" / "bench.json"), help="where to write the figures")
-    parser.add_argument("--only", nargs="*", default=["entrypoint", "startup", "formation", "failure", "warm"])
+    parser.add_argument("--only", nargs="*", default=["entrypoint", "startup", "head", "formation", "failure", "warm"])
     parser.add_argument("--nodes", nargs="*", type=int, default=[2, 3, 4], help="node counts of the formation figures")
     args = parser.parse_args()
     runs = 1 if args.quick else 3
@@ -314,6 +366,9 @@ def main() -> int:
         if "warm" in args.only:
             print("warm start", flush=True)
             results["warm"] = bench_warm(work)
+        if "head" in args.only:
+            print("Ray head's processes", flush=True)
+            results["head"] = bench_head(runs, work)
         if "formation" in args.only:
             results["formation"] = []
             for n in args.nodes:

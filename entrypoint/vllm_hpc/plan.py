@@ -403,11 +403,12 @@ def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str,
             # Ray refuses --include-dashboard on a worker ("only ... with --head").
             "--include-dashboard=false",
             # No autoscaler monitor: a Slurm job's nodes are fixed. On the idle 2-core
-            # test bed, a head alone is in Ray's node table after (medians of 3): 12.2 s
-            # with the defaults, 9.8 s without the dashboard, 9.2 s without the monitor
-            # too. The log monitor stays (8.9 s without it): it carries the vLLM
-            # workers' output, on every node, into the server's log. Ray's client server
-            # cannot be left out (Ray refuses port 0), nor the agents the raylet starts.
+            # test bed (`tests/bench/bench.py --only head`, medians of 3) a head alone is
+            # ALIVE in Ray's node table after 15.7 s with the defaults, 12.8 s without
+            # the dashboard, 12.0 s without the monitor too. The log monitor stays
+            # (11.1 s without it): it carries the vLLM workers' output, on every node,
+            # into the server's log. Ray's client server cannot be left out (Ray refuses
+            # port 0), nor the agents the raylet starts.
             "--no-monitor",
         ]  # fmt: skip
     else:

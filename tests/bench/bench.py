@@ -263,7 +263,12 @@ def bench_head(runs: int, work: Path) -> dict:
                 figures[name].append(time.monotonic() - t0)
             finally:
                 os.killpg(head.pid, signal.SIGTERM)
-                head.wait(timeout=60)
+                try:
+                    head.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(head.pid, signal.SIGKILL)
+                    head.wait(timeout=10)
+                # Ray's processes leave the group; each names the temp dir.
                 subprocess.run(["pkill", "-KILL", "-f", str(tmp)], check=False)
                 time.sleep(1)
             print(f"  run {i + 1}, {name}: {figures[name][-1]:.2f}s", flush=True)

@@ -477,7 +477,7 @@ class NodeRun:
 
     def _wait_for_leader(self) -> dict:
         plan = self.plan
-        leader = wait_for_published(
+        return wait_for_published(
             self.supervisor,
             plan.paths.leader,
             self.slurm.generation,
@@ -487,7 +487,6 @@ class NodeRun:
             f"check the leader's log; the job directory {plan.paths.job_dir} must be on a file system all nodes share",
             check=lambda: self._check_home_is_shared([plan.leader]),
         )
-        return leader
 
 
 def curl_line(endpoint: dict) -> str:

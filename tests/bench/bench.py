@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 from bed.cluster import Cluster  # noqa: E402
 from helpers import (  # noqa: E402
     BIN, CPU_VLLM_ENV, MODEL_CACHE, STANDIN_ENV, VLLM_HPC, base_env, free_port, job_env, job_home,
-    job_processes, serving_processes, submit, wait_until,
+    job_processes, serving_processes, stop_group, submit, wait_until,
 )
 
 from vllm_hpc.readiness import probe_completion  # noqa: E402
@@ -81,12 +81,7 @@ def time_to_ready(argv: list[str], env: dict[str, str], url: str, key_path: Path
                 raise RuntimeError(f"not ready in {timeout}s")
             time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, grace=60)
 
 
 def bench_startup(runs: int, work: Path) -> dict:
@@ -262,12 +257,7 @@ def bench_head(runs: int, work: Path) -> dict:
                 wait_until("head alive", lambda: any(n.state == GcsNodeInfo.ALIVE for n in client.get_all_node_info(timeout=5).values()), 120, interval=0.05)
                 figures[name].append(time.monotonic() - t0)
             finally:
-                os.killpg(head.pid, signal.SIGTERM)
-                try:
-                    head.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(head.pid, signal.SIGKILL)
-                    head.wait(timeout=10)
+                stop_group(head, grace=10, kill_wait=10)
                 # Ray's processes leave the group; each names the temp dir.
                 subprocess.run(["pkill", "-KILL", "-f", str(tmp)], check=False)
                 time.sleep(1)

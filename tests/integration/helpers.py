@@ -89,6 +89,17 @@ class LocalServer:
         return self.process.wait(timeout=timeout)
 
 
+def stop_group(proc: subprocess.Popen, grace: float, kill_wait: float = 30) -> None:
+    """Stop a process started with start_new_session=True and its group: SIGTERM, then
+    SIGKILL if it has not ended after ``grace`` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=kill_wait)
+
+
 def descendants_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     alive = list(pids)

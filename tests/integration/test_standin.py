@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port
+from helpers import REPO, free_port, stop_group
 
 pytestmark = pytest.mark.integration
 
@@ -93,12 +93,7 @@ def ray_head() -> Iterator[RayHead]:
         yield RayHead(address=f"{NODE_IP}:{port}", token_path=token, env=env)
     finally:
         if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait(timeout=30)
+            stop_group(head, grace=60)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

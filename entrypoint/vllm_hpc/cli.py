@@ -391,7 +391,10 @@ def metrics(job_id: str | None, watch: float | None, interval: float, as_json: b
 @click.option("--all", "include_ended", is_flag=True, help="Also the jobs that ended.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def jobs(include_ended: bool, as_json: bool) -> None:
-    """List this user's vllm-hpc jobs: id, phase, Slurm state, model, nodes, age, URL."""
+    """List this user's vllm-hpc jobs: id, phase, Slurm state, model, nodes, age, URL.
+
+    Jobs come from the job directory and from Slurm's queue (one of the project's
+    scripts, or the job name vllm-hpc), so a job shows while it still waits for nodes."""
     from .client import list_jobs, render_jobs
 
     rows = list_jobs(include_ended)

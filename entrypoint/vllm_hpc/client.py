@@ -13,6 +13,7 @@ from typing import Any
 
 from . import jobfiles
 from .errors import JobFailedError, NoJobError, NotReadyError
+from .hostlist import parse_hostlist
 from .settings import read_settings
 
 NEW_JOB_GRACE_S = 30.0
@@ -297,8 +298,53 @@ def stop_job(job_id: str | None, timeout: float, interval: float = 1.0) -> dict[
         time.sleep(interval)
 
 
+# The project's sbatch scripts, and the job name they give: how this user's jobs in
+# Slurm's queue are told apart from their other jobs.
+SCRIPT_NAMES = frozenset({"single-gpu.sbatch", "single-node.sbatch", "multinode.sbatch"})
+QUEUE_FORMAT = "%A|%i|%T|%j|%o|%N|%V"
+
+
+def parse_queue(text: str, jobs_dir: Path) -> list[dict[str, Any]]:
+    """Pure: rows for the vllm-hpc jobs in ``squeue --me -o QUEUE_FORMAT`` output: those
+    running one of the project's scripts or named ``vllm-hpc``."""
+    rows = []
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) != 7:
+            continue
+        job, shown, state, name, command, nodes, submitted = fields
+        ours = Path(command.split()[0] if command.split() else "").name in SCRIPT_NAMES or name == "vllm-hpc"
+        # A job that is completing, with no directory, never started serving: nothing to show.
+        if not ours or (state not in PENDING_SLURM_STATES and state != "RUNNING"):
+            continue
+        rows.append({
+            "job_id": job,
+            "array_id": shown if shown != job else None,
+            "phase": _phase(None, state, slurm_known=True),
+            "slurm_state": state,
+            "model": None,
+            "nodes": parse_hostlist(nodes) if nodes and nodes != "(null)" else [],
+            "url": None,
+            "started_epoch": parse_slurm_time(submitted),
+            "job_dir": str(jobs_dir / job),
+        })  # fmt: skip
+    return rows
+
+
+def _queued_jobs(jobs_dir: Path) -> list[dict[str, Any]]:
+    """This user's vllm-hpc jobs in Slurm's queue (pending or running)."""
+    if not shutil.which("squeue"):
+        return []
+    try:
+        out = subprocess.run(["squeue", "--me", "-h", "-o", QUEUE_FORMAT], capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return parse_queue(out.stdout, jobs_dir) if out.returncode == 0 else []
+
+
 def list_jobs(include_ended: bool) -> list[dict[str, Any]]:
-    """Every job of the job directory, newest first, with its phase and endpoint."""
+    """Every job of the job directory, and every vllm-hpc job of this user that Slurm
+    queues or runs before its directory exists, newest first, with phase and endpoint."""
     jobs = _jobs_dir()
     rows = []
     for job_dir in jobs.iterdir() if jobs.is_dir() else []:
@@ -322,6 +368,8 @@ def list_jobs(include_ended: bool) -> list[dict[str, Any]]:
             "started_epoch": info["started_epoch"],
             "job_dir": info["job_dir"],
         })  # fmt: skip
+    known = {state.parent.name for state in jobs.glob("*/state.json")}
+    rows += [row for row in _queued_jobs(jobs) if row["job_id"] not in known]
     return sorted(rows, key=lambda r: r["started_epoch"] or 0, reverse=True)
 
 

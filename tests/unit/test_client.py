@@ -64,3 +64,21 @@ def test_jobs_table_and_ages():
     assert "--all" in render_jobs([], 0)
     assert (parse_age("7d"), parse_age("12h"), parse_age("30m"), parse_age("90")) == (604800, 43200, 1800, 90)
 
+
+
+def test_slurms_queue_adds_this_users_vllm_hpc_jobs_before_their_directory_exists(tmp_path):
+    from vllm_hpc.client import parse_queue
+
+    text = "\n".join([
+        "41|41|PENDING|vllm-hpc|/home/u/vllm-hpc/slurm/multinode.sbatch|(null)|2026-11-30T10:00:00",
+        "42|8125_3|RUNNING|mine|/opt/vllm-hpc/slurm/single-gpu.sbatch|gpu[01-02]|2026-11-30T10:01:00",
+        "43|43|RUNNING|vllm-hpc|/home/u/copy.sh|gpu03|2026-11-30T10:02:00",
+        "44|44|RUNNING|train|/home/u/train.sh|gpu04|2026-11-30T10:03:00",
+        "45|45|COMPLETING|vllm-hpc|/home/u/vllm-hpc/slurm/multinode.sbatch|gpu05|2026-11-30T10:04:00",
+        "garbage",
+    ])  # fmt: skip
+    rows = {r["job_id"]: r for r in parse_queue(text, tmp_path)}
+    assert sorted(rows) == ["41", "42", "43"], "neither another batch script nor a job on its way out is listed"
+    assert (rows["41"]["phase"], rows["41"]["nodes"], rows["41"]["array_id"]) == ("pending", [], None)
+    assert (rows["42"]["phase"], rows["42"]["nodes"], rows["42"]["array_id"]) == ("starting", ["gpu01", "gpu02"], "8125_3")
+    assert rows["42"]["job_dir"] == str(tmp_path / "42") and rows["42"]["started_epoch"] > rows["41"]["started_epoch"]

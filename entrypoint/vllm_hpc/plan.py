@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from . import nccl
 from .errors import ConfigError, ResourceError, UsageError
 from .network import NetworkChoice
-from .settings import SYMM_MEM_ALIAS, SYMM_MEM_REAL, Settings, ray_executable
+from .settings import SYMM_MEM_ALIAS, SYMM_MEM_REAL, Settings
 from .slurm import SlurmEnv, check_launch
 
 # Unix socket paths are limited to 107 bytes and Ray appends about 64 characters.
@@ -393,7 +393,9 @@ def build_vllm_argv(settings: Settings, options: ServeOptions, host: str, port: 
 
 
 def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str, gpus: int, tmpdir: str, hostname: str, head: bool, leader_address: str) -> tuple[str, ...]:
-    argv = ray_executable(settings.python) + ["start", "--block"]
+    # Ray's own `ray start`, through vllm_hpc.raystart: without the CLI groups it only
+    # lists (Serve, jobs, state), which cost every node seconds before its Ray started.
+    argv = [settings.python, "-m", "vllm_hpc.raystart", "start", "--block"]
     if head:
         argv += [
             "--head",

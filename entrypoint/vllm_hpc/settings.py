@@ -96,9 +96,3 @@ def read_settings(env: Mapping[str, str]) -> Settings:
         container=env.get("APPTAINER_CONTAINER") or env.get("SINGULARITY_CONTAINER") or None,
         base_env=dict(env),
     )
-
-
-def ray_executable(python: str) -> list[str]:
-    """The `ray` command installed beside ``python`` (same venv), else from PATH."""
-    beside = Path(python).parent / "ray"
-    return [str(beside)] if beside.exists() else ["ray"]

@@ -6,13 +6,16 @@
    `vllm-hpc serve` against bare vLLM on the same model, alternating;
 2. cluster formation for 2, 3 and 4 emulated nodes: from the last node's task start
    until the leader sees every node and GPU; beside it Ray's own floor (bare `ray start`
-   everywhere at once, the node table read through Ray's GCS client), with the head
-   options vllm-hpc uses (the floor it is held to) and with Ray's defaults, and the
+   everywhere at once, the node table read through Ray's GCS client), started as vllm-hpc
+   starts Ray (its head options, vllm_hpc.raystart: the floor it is held to) and with
+   Ray's defaults, and the
    peers' ways (fixed sleeps of 10 s for the head and 5 s per worker, a 5 s poll of the
    node list);
-3. what each of the Ray head's optional processes costs: a head alone, until it is in
-   its own node table, with Ray's defaults and without the dashboard, the autoscaler
-   monitor and the log monitor in turn (vllm-hpc leaves out the first two);
+3. what each of the Ray head's optional parts costs: a head alone, until it is in its
+   own node table, with Ray's defaults and without the dashboard, the autoscaler
+   monitor and the log monitor in turn, and through vllm_hpc.raystart (Ray's CLI
+   without the command groups it only lists); vllm-hpc leaves out the dashboard, the
+   monitor and the CLI groups;
 4. failure detection: a worker node killed, until every process of the job is gone;
 5. warm start: time to ready with a kept compile cache against an empty one;
 6. the cost of the entrypoint itself: `vllm-hpc --help` and `vllm-hpc plan`.
@@ -197,7 +200,7 @@ def _vllm_hpc_formation(cluster: Cluster, home: Path) -> float:
 
 # The baselines of the formation figure: peer_ray_cluster.sh's modes, their JSON keys and labels.
 PEER_MODES = {
-    "ray-trimmed": ("ray_floor_s", "Ray's floor (vllm-hpc's head options)"),
+    "ray-trimmed": ("ray_floor_s", "Ray's floor, started as vllm-hpc starts Ray"),
     "ray-default": ("ray_default_s", "bare `ray start`, default options"),
     "fixed-sleep": ("peer_fixed_sleep_s", "fixed sleeps"),
     "poll-5s": ("peer_poll_5s_s", "5 s poll"),
@@ -215,6 +218,7 @@ def _peer_formation(cluster: Cluster, mode: str, home: Path) -> float:
     result.unlink(missing_ok=True)
     Path(f"{result}.starts").unlink(missing_ok=True)
     env = {**job_env(cluster, home), "PEER_MODE": mode, "PEER_RESULT": str(result), "RAY_BIN": str(BIN / "ray"), "RAY_PYTHON": str(BIN / "python"),
+           "RAYSTART": " ".join(RAYSTART_CLI),
            "HEAD_IP": cluster.fabric_ip("gpu01"), "RAY_PORT": str(free_port())}
     job = cluster.sbatch([f"--nodes={n}", "--gpus-per-node=4", "--ntasks-per-node=1", f"--output={home / f'peer-{mode}.out'}",
                           "--wrap", f"srun {PEER_SCRIPT}"], env=env)
@@ -227,12 +231,17 @@ def _peer_formation(cluster: Cluster, mode: str, home: Path) -> float:
         wait_until("peer job gone", lambda: not any(job_processes(cluster, node) for node in cluster.node_names), 60)
 
 
-# A head's options, each step leaving out one more of the processes Ray starts on it.
+# Ray's CLI as installed, and as vllm-hpc runs it (without the CLI groups it only lists).
+RAY_CLI = [str(BIN / "ray")]
+RAYSTART_CLI = [str(BIN / "python"), "-m", "vllm_hpc.raystart"]
+
+# A head's launcher and options, each step leaving out one more of what Ray starts.
 HEAD_OPTIONS = {
-    "defaults": [],
-    "no dashboard": ["--include-dashboard=false"],
-    "no dashboard, no monitor (vllm-hpc)": ["--include-dashboard=false", "--no-monitor"],
-    "no dashboard, no monitor, no log monitor": ["--include-dashboard=false", "--no-monitor", "--include-log-monitor=false"],
+    "defaults": (RAY_CLI, []),
+    "no dashboard": (RAY_CLI, ["--include-dashboard=false"]),
+    "no dashboard, no monitor": (RAY_CLI, ["--include-dashboard=false", "--no-monitor"]),
+    "no dashboard, no monitor, no log monitor": (RAY_CLI, ["--include-dashboard=false", "--no-monitor", "--include-log-monitor=false"]),
+    "no dashboard, no monitor, CLI without its optional groups (vllm-hpc)": (RAYSTART_CLI, ["--include-dashboard=false", "--no-monitor"]),
 }
 
 
@@ -244,11 +253,11 @@ def bench_head(runs: int, work: Path) -> dict:
 
     figures: dict[str, list[float]] = {name: [] for name in HEAD_OPTIONS}
     for i in range(runs):
-        for name, options in HEAD_OPTIONS.items():
+        for name, (launcher, options) in HEAD_OPTIONS.items():
             port, tmp = free_port(), work / f"ray-head-{i}"
             shutil.rmtree(tmp, ignore_errors=True)
             t0 = time.monotonic()
-            head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+            head = subprocess.Popen([*launcher, "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
                                      "--num-gpus", "4", "--temp-dir", str(tmp), "--disable-usage-stats", *options],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:

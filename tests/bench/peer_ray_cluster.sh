@@ -7,11 +7,12 @@
 #   ray-default  Ray's own floor with `ray start`'s default options: head and workers
 #                start at once (a worker waits for the head's GCS), and the node table
 #                is read every 0.25 s through Ray's GCS client, without a driver;
-#   ray-trimmed  the same with the head options vllm-hpc uses (no dashboard, no
-#                autoscaler monitor): the floor vllm-hpc is held to.
+#   ray-trimmed  the same, started as vllm-hpc starts Ray: its head options (no
+#                dashboard, no autoscaler monitor) and `ray start` through
+#                vllm_hpc.raystart on every node: the floor vllm-hpc is held to.
 # The peers' heads start with Ray's defaults, as their launch scripts do.
 # Writes {"last_task_start": epoch, "joined": epoch} to PEER_RESULT when the driver sees
-# every node. Needs RAY_BIN, RAY_PYTHON, HEAD_IP, RAY_PORT, PEER_MODE, PEER_RESULT.
+# every node. Needs RAY_BIN, RAY_PYTHON, RAYSTART, HEAD_IP, RAY_PORT, PEER_MODE, PEER_RESULT.
 set -euo pipefail
 start=$(date +%s.%N)
 ip=$(ip -4 -o addr show dev ib0 | awk '{print $4}' | cut -d/ -f1)
@@ -19,10 +20,12 @@ starts="$PEER_RESULT.starts"
 echo "$start" >> "$starts"
 common=(--node-ip-address "$ip" --num-gpus "${SLURM_GPUS_ON_NODE:-0}"
         --temp-dir "/tmp/peer-$SLURM_JOB_ID" --disable-usage-stats --block)
+ray=("$RAY_BIN")
+if [[ $PEER_MODE == ray-trimmed ]]; then read -ra ray <<< "$RAYSTART"; fi
 if [[ $SLURM_NODEID == 0 ]]; then
     head=()
     if [[ $PEER_MODE == ray-trimmed ]]; then head=(--include-dashboard=false --no-monitor); fi
-    "$RAY_BIN" start --head --port "$RAY_PORT" "${head[@]}" "${common[@]}" &
+    "${ray[@]}" start --head --port "$RAY_PORT" "${head[@]}" "${common[@]}" &
     interval=0.25
     if [[ $PEER_MODE == poll-5s ]]; then interval=5; fi
     "$RAY_PYTHON" - "$ip" "$RAY_PORT" "$SLURM_JOB_NUM_NODES" "$interval" "$starts" "$PEER_RESULT" "$PEER_MODE" <<'PY'
@@ -66,5 +69,5 @@ PY
     wait
 else
     if [[ $PEER_MODE == fixed-sleep ]]; then sleep $((10 + 5 * (SLURM_NODEID - 1))); fi
-    exec "$RAY_BIN" start --address "$HEAD_IP:$RAY_PORT" "${common[@]}"
+    exec "${ray[@]}" start --address "$HEAD_IP:$RAY_PORT" "${common[@]}"
 fi

@@ -41,6 +41,7 @@ def test_leader_plan_multi_node():
     assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (4, 2)
     assert [c.name for c in plan.commands] == ["ray-head", "server"]
     head, server = plan.commands
+    assert head.argv[1:5] == ("-m", "vllm_hpc.raystart", "start", "--block") and head.argv[0] == server.argv[0]
     assert "--head" in head.argv and head.argv[head.argv.index("--node-ip-address") + 1] == "10.10.0.2"
     assert head.argv[head.argv.index("--num-gpus") + 1] == "4"
     assert "--include-dashboard=false" in head.argv and "--no-monitor" in head.argv

@@ -406,11 +406,12 @@ def build_ray_argv(settings: Settings, plan_ports: dict[str, int], node_ip: str,
             "--include-dashboard=false",
             # No autoscaler monitor: a Slurm job's nodes are fixed. On the idle 2-core
             # test bed (`tests/bench/bench.py --only head`, medians of 3) a head alone is
-            # ALIVE in Ray's node table after 15.7 s with the defaults, 12.8 s without
-            # the dashboard, 12.0 s without the monitor too. The log monitor stays
-            # (11.1 s without it): it carries the vLLM workers' output, on every node,
-            # into the server's log. Ray's client server cannot be left out (Ray refuses
-            # port 0), nor the agents the raylet starts.
+            # ALIVE in Ray's node table after 7.03 s with the defaults, 5.62 s without
+            # the dashboard, 5.26 s without the monitor too, and 4.54 s started through
+            # vllm_hpc.raystart as well. The log monitor stays (4.77 s without it): it
+            # carries the vLLM workers' output, on every node, into the server's log.
+            # Ray's client server cannot be left out (Ray refuses port 0), nor the
+            # agents the raylet starts.
             "--no-monitor",
         ]  # fmt: skip
     else:

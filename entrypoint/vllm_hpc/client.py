@@ -62,15 +62,21 @@ def resolve_array_task(array_id: str) -> str:
     raise NoJobError(f"array task {array_id} is unknown to Slurm and to {jobs}", "check the id with squeue")
 
 
-def _squeue(job_id: str, fmt: str) -> list[str] | None:
+def _squeue_output(args: list[str]) -> str | None:
+    """squeue's output without its header, or None where there is no squeue, it failed
+    or did not answer within 15 s."""
     if not shutil.which("squeue"):
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", fmt], capture_output=True, text=True, timeout=15, check=False)
+        out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    lines = out.stdout.split()
-    return lines if out.returncode == 0 and lines else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _squeue(job_id: str, fmt: str) -> list[str] | None:
+    lines = (_squeue_output(["-t", "all", "-j", job_id, "-o", fmt]) or "").split()
+    return lines or None
 
 
 def parse_slurm_time(text: str) -> float | None:
@@ -313,7 +319,7 @@ def parse_queue(text: str, jobs_dir: Path) -> list[dict[str, Any]]:
         if len(fields) != 7:
             continue
         job, shown, state, name, command, nodes, submitted = fields
-        ours = Path(command.split()[0] if command.split() else "").name in SCRIPT_NAMES or name == "vllm-hpc"
+        ours = Path((command.split() or [""])[0]).name in SCRIPT_NAMES or name == "vllm-hpc"
         # A job that is completing, with no directory, never started serving: nothing to show.
         if not ours or (state not in PENDING_SLURM_STATES and state != "RUNNING"):
             continue
@@ -333,13 +339,7 @@ def parse_queue(text: str, jobs_dir: Path) -> list[dict[str, Any]]:
 
 def _queued_jobs(jobs_dir: Path) -> list[dict[str, Any]]:
     """This user's vllm-hpc jobs in Slurm's queue (pending or running)."""
-    if not shutil.which("squeue"):
-        return []
-    try:
-        out = subprocess.run(["squeue", "--me", "-h", "-o", QUEUE_FORMAT], capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return parse_queue(out.stdout, jobs_dir) if out.returncode == 0 else []
+    return parse_queue(_squeue_output(["--me", "-o", QUEUE_FORMAT]) or "", jobs_dir)
 
 
 def list_jobs(include_ended: bool) -> list[dict[str, Any]]:
@@ -347,9 +347,11 @@ def list_jobs(include_ended: bool) -> list[dict[str, Any]]:
     queues or runs before its directory exists, newest first, with phase and endpoint."""
     jobs = _jobs_dir()
     rows = []
+    known = set()  # jobs whose state file speaks for them, listed or not
     for job_dir in jobs.iterdir() if jobs.is_dir() else []:
         if not (job_dir / "state.json").exists():
             continue
+        known.add(job_dir.name)
         try:
             info = job_status(job_dir.name)
         except (NoJobError, JobFailedError):
@@ -368,7 +370,6 @@ def list_jobs(include_ended: bool) -> list[dict[str, Any]]:
             "started_epoch": info["started_epoch"],
             "job_dir": info["job_dir"],
         })  # fmt: skip
-    known = {state.parent.name for state in jobs.glob("*/state.json")}
     rows += [row for row in _queued_jobs(jobs) if row["job_id"] not in known]
     return sorted(rows, key=lambda r: r["started_epoch"] or 0, reverse=True)
 

@@ -122,3 +122,12 @@ def port_is_free(ip: str, port: int) -> bool:
                 raise NetworkError(f"address {ip} is not on this node", "check --host and --interface") from None
             raise
     return True
+
+
+def tcp_open(ip: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts a TCP connection on ``ip:port`` within ``timeout``."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

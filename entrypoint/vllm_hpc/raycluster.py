@@ -4,12 +4,12 @@ on the leader of a multi-node job."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from .errors import ChildDiedError, ClusterError, NodeLostError, ResourceError
+from .network import tcp_open
 from .supervisor import Supervisor, wait_for
 
 
@@ -139,11 +139,7 @@ class PortWatcher(threading.Thread):
         missed = dict.fromkeys(self.targets, 0)
         while not self.stopping.wait(self.interval):
             for name, (ip, port) in self.targets.items():
-                try:
-                    with socket.create_connection((ip, port), timeout=self.interval):
-                        missed[name] = 0
-                except OSError:
-                    missed[name] += 1
+                missed[name] = 0 if tcp_open(ip, port, timeout=self.interval) else missed[name] + 1
                 if missed[name] >= self.misses and not self.stopping.is_set():
                     self.supervisor.fail(
                         NodeLostError(

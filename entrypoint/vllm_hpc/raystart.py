@@ -8,9 +8,10 @@ before failing on Serve's missing dependencies), `ray job` and the state command
 them, yet every node paid for them before its GCS or raylet started: on the idle
 2-core test bed, with vLLM's packages installed, importing Ray's CLI takes 2.1-2.3 s
 with them and 0.6 s without (3 runs each), and a head alone is in its node table after
-4.54 s instead of 5.26 s (`tests/bench/bench.py --only head`, medians of 3). Marking them absent (``sys.modules[name] = None``) makes their
-import fail at once, the way Ray already handles; everything `ray start` does is
-unchanged. Run as ``python -m vllm_hpc.raystart start --block ...``.
+4.54 s instead of 5.26 s (`tests/bench/bench.py --only head`, medians of 3). Marking
+them absent (``sys.modules[name] = None``) makes their import fail at once, the way
+Ray already handles; everything `ray start` does is unchanged. Run as
+``python -m vllm_hpc.raystart start --block ...``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable
 
 from . import jobfiles, nccl
 from .errors import ChildDiedError, ClusterError, JobFailedError, LaunchError, NodeLostError, Signalled, VllmHpcError
+from .network import tcp_open
 from .plan import FABRIC_CHECK_MEET_S, LEADER_ADDRESS_PLACEHOLDER, Plan, ServeOptions
 from .readiness import LivenessWatcher, probe_url, wait_for_ready
 from .settings import ENV_API_KEY, Settings
@@ -38,14 +38,6 @@ SHARED_HOME_CHECK_S = 60.0
 def _written_since(path: Path, since: float) -> bool:
     try:
         return path.stat().st_mtime >= since
-    except OSError:
-        return False
-
-
-def _tcp_open(ip: str, port: int) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=1.0):
-            return True
     except OSError:
         return False
 
@@ -295,7 +287,7 @@ class NodeRun:
             endpoint = jobfiles.read_json(plan.paths.endpoint) or {}
         except VllmHpcError:
             return
-        answers = bool(endpoint.get("node_ip") and endpoint.get("port")) and _tcp_open(endpoint["node_ip"], int(endpoint["port"]))
+        answers = bool(endpoint.get("node_ip") and endpoint.get("port")) and tcp_open(endpoint["node_ip"], int(endpoint["port"]))
         window = plan.deadlines.join + plan.deadlines.ready
         step = other_step_serving(state, self.slurm.generation, time.time(), window, answers)
         if step is not None:
@@ -347,7 +339,7 @@ class NodeRun:
         wait_for(
             self.supervisor,
             f"Ray head on {plan.node_ip}:{gcs}",
-            lambda: (_tcp_open(plan.node_ip, gcs), "port not open yet"),
+            lambda: (tcp_open(plan.node_ip, gcs), "port not open yet"),
             RAY_HEAD_UP_TIMEOUT_S,
             ClusterError,
             "see the ray-head log in the job directory",

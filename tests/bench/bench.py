@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from helpers import (  # noqa: E402
     job_processes, serving_processes, stop_group, submit, wait_until,
 )
 
+from vllm_hpc.network import tcp_open  # noqa: E402
 from vllm_hpc.readiness import probe_completion  # noqa: E402
 
 PEER_SCRIPT = REPO / "tests" / "bench" / "peer_ray_cluster.sh"
@@ -261,7 +261,7 @@ def bench_head(runs: int, work: Path) -> dict:
                                      "--num-gpus", "4", "--temp-dir", str(tmp), "--disable-usage-stats", *options],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
-                wait_until("head's port", lambda: _port_open("127.0.0.1", port), 120, interval=0.05)
+                wait_until("head's port", lambda: tcp_open("127.0.0.1", port, timeout=0.2), 120, interval=0.05)
                 client = GcsClient(address=f"127.0.0.1:{port}")
                 wait_until("head alive", lambda: any(n.state == GcsNodeInfo.ALIVE for n in client.get_all_node_info(timeout=5).values()), 120, interval=0.05)
                 figures[name].append(time.monotonic() - t0)
@@ -272,14 +272,6 @@ def bench_head(runs: int, work: Path) -> dict:
                 time.sleep(1)
             print(f"  run {i + 1}, {name}: {figures[name][-1]:.2f}s", flush=True)
     return {name: summary(values) for name, values in figures.items()}
-
-
-def _port_open(ip: str, port: int) -> bool:
-    try:
-        socket.create_connection((ip, port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def bench_failure(cluster: Cluster) -> dict:

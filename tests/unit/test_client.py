@@ -65,7 +65,6 @@ def test_jobs_table_and_ages():
     assert (parse_age("7d"), parse_age("12h"), parse_age("30m"), parse_age("90")) == (604800, 43200, 1800, 90)
 
 
-
 def test_slurms_queue_adds_this_users_vllm_hpc_jobs_before_their_directory_exists(tmp_path):
     from vllm_hpc.client import parse_queue
 
